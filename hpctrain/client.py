@@ -1,0 +1,241 @@
+"""The laptop side of every command: load the workspace, plan, act through the transport, return records.
+
+The CLI calls exactly one function of this module per command and prints what it returns.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .clusterside import JobRequest, JobStatus, Submission
+from .config import WORKSPACE_DIRS, WORKSPACE_FILE, Workspace
+from .errors import ConfigError, GroundTruthError, HpctrainError, NotFoundError
+from .groundtruth import Report, validate
+from .names import check_name
+from .project import Project, load_project, override_resources
+from .render import packaged_template_dir, render
+from .sync import SyncPlan, Transfer, apply_push, plan_push
+from .transport import connect
+
+WORKSPACE_TEMPLATE = "workspace.yaml.j2"
+PROJECT_TEMPLATE = "project.yaml.j2"
+
+
+# -- init ---------------------------------------------------------------------------------
+@dataclass
+class InitResult:
+    workspace: Path
+    created: list[str]
+    cluster_root: Path
+    cluster_created: list[str]
+
+
+def init_workspace(path: Path) -> InitResult:
+    """Create (or complete) a workspace and the cluster tree of its default profile. Never overwrites."""
+    from .config import load_workspace
+
+    path = Path(path).resolve()
+    created = []
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path} exists and is not a folder: choose another workspace path")
+    for rel in WORKSPACE_DIRS:
+        folder = path / rel
+        if not folder.is_dir():
+            folder.mkdir(parents=True)
+            created.append(rel + "/")
+    config = path / WORKSPACE_FILE
+    if not config.exists():
+        _write_new(config, render(WORKSPACE_TEMPLATE, {}, [packaged_template_dir()]))
+        created.append(WORKSPACE_FILE)
+    workspace = load_workspace(path)
+    with connect(workspace) as transport:
+        cluster_created = transport.cluster.ensure_tree()
+    return InitResult(path, created, workspace.root, cluster_created)
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Create a file that must not exist yet: written under a temporary name, then linked (never overwrites)."""
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(text, encoding="utf-8")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise ConfigError(f"{path} already exists; edit it instead") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def new_project(workspace: Workspace, name: str, ground_truth: str | None = None) -> Path:
+    """Write projects/NAME.yaml from the documented example; refuses to overwrite."""
+    path = workspace.project_file(name)
+    if path.exists():
+        raise ConfigError(f"{path.relative_to(workspace.path)} already exists; edit it instead")
+    text = render(PROJECT_TEMPLATE, {"name": name, "ground_truth": ground_truth or f"ground_truth/{name}"},
+                  [packaged_template_dir()])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_new(path, text)
+    return path
+
+
+# -- push ---------------------------------------------------------------------------------
+@dataclass
+class PushResult:
+    project: str
+    report: Report
+    plan: SyncPlan
+    remote_folder: str
+
+
+def check_ground_truth(workspace: Workspace, name: str) -> tuple[Project, Report]:
+    project = load_project(workspace, name)
+    folder = project.ground_truth_path(workspace)
+    if not folder.is_dir():
+        raise GroundTruthError(f"ground truth folder {folder} not found: put the project's XML and images there "
+                               f"or set 'ground_truth' in projects/{name}.yaml")
+    report = validate(folder, project.format, need_split=True)
+    if not report.ok:
+        raise GroundTruthError(f"{len(report.problems)} problem(s) in {folder}; fix them and push again "
+                               "(nothing was sent)", report.problems)
+    return project, report
+
+
+def push(workspace: Workspace, name: str, progress: Callable[[Transfer], None] | None = None,
+         dry_run: bool = False) -> PushResult:
+    """Validate the ground truth, then send only new or changed pages."""
+    project, report = check_ground_truth(workspace, name)
+    with connect(workspace) as transport:
+        remote_folder = f"{workspace.profile.tree.ground_truth}/{project.name}"
+        listing = transport.list_files(remote_folder)
+        plan = plan_push(report.folder, report.files(), remote_folder, listing)
+        if not dry_run:
+            apply_push(plan, transport, progress)
+    return PushResult(project.name, report, plan, remote_folder)
+
+
+# -- models -------------------------------------------------------------------------------
+MODEL_SUFFIXES = (".mlmodel", ".safetensors")
+
+
+def push_model(workspace: Workspace, file: Path, name: str | None = None) -> dict:
+    file = Path(file)
+    if not file.is_file():
+        raise NotFoundError(f"model file {file} not found")
+    if file.suffix not in MODEL_SUFFIXES:
+        raise ConfigError(f"{file.name}: a base model is a {' or '.join(MODEL_SUFFIXES)} file")
+    name = check_name(name or file.stem, "model name")
+    with connect(workspace) as transport:
+        remote = f"{workspace.profile.tree.base_models}/{name}{file.suffix}"
+        transport.put(file, remote)
+    return {"name": name, "remote": remote, "size": file.stat().st_size}
+
+
+def list_models(workspace: Workspace) -> dict:
+    with connect(workspace) as transport:
+        base = transport.cluster.base_models()
+        done = [s for s in transport.cluster.status() if s.best_model]
+    local = workspace.path / "models" / "finetuned"
+    fetched = {p.parent.name + "/" + p.name for p in local.glob("*/*") if p.is_dir()}
+    finetuned = [{"job": s.id, "project": s.project, "kind": s.kind, "state": s.state, "metric": s.best_metric,
+                  "value": s.best_value, "remote": s.best_model,
+                  "fetched": f"{s.project}/job{s.id}" in fetched} for s in done]
+    return {"base": base, "finetuned": finetuned}
+
+
+# -- jobs ---------------------------------------------------------------------------------
+def submit(workspace: Workspace, kind: str, name: str, base: str | None = None, no_base: bool = False,
+           resources: dict | None = None, dry_run: bool = False) -> Submission:
+    project = load_project(workspace, name)
+    params = project.segmentation if kind == "segmentation" else project.transcription
+    if no_base:
+        base = None
+    elif base is None:
+        base = project.base_segmentation if kind == "segmentation" else project.base
+    if base is not None:
+        check_name(base, "base model name")
+    if kind != "compile" and base is None and not params.spec:
+        raise ConfigError(f"no base model and no network spec for {kind}: pass --base NAME, or set "
+                          f"{kind}.spec in projects/{name}.yaml to train from scratch")
+    profile = workspace.profile
+    request = JobRequest(
+        kind=kind, project=project.name, format=project.format, base=base if kind != "compile" else None,
+        params=params, split=project.split, resources=override_resources(project.resources, **(resources or {})),
+        device=profile.device, kraken_version=profile.kraken_version, modules=profile.modules,
+        venv=profile.venv, container=profile.container, template_paths=tuple(
+            str(p) for p in (workspace.template_dir, workspace.path / "templates") if p and p.is_dir()),
+    )
+    with connect(workspace) as transport:
+        return transport.cluster.submit(request, dry_run=dry_run)
+
+
+def status(workspace: Workspace, job_ids: list[int] | None = None, project: str | None = None) -> list[JobStatus]:
+    if project:
+        check_name(project, "project name")
+    with connect(workspace) as transport:
+        return transport.cluster.status(job_ids, project)
+
+
+def read_log(workspace: Workspace, job_id: int, offset: int = 0) -> tuple[str, int]:
+    with connect(workspace) as transport:
+        return transport.cluster.read_log(job_id, offset)
+
+
+def cancel(workspace: Workspace, job_id: int) -> JobStatus:
+    with connect(workspace) as transport:
+        return transport.cluster.cancel(job_id)
+
+
+# -- fetch --------------------------------------------------------------------------------
+FETCHED = ("events.jsonl", "job.log", "job.sh", "split/train.txt", "split/validation.txt", "split/test.txt")
+
+
+@dataclass
+class FetchResult:
+    job: JobStatus
+    destination: Path
+    files: list[str] = field(default_factory=list)
+
+
+def _job_to_fetch(cluster, target: str) -> JobStatus:
+    if target.isdigit():
+        job = cluster.job(int(target))
+        if not job.best_model:
+            raise HpctrainError(f"job {job.id} is {job.state} and has no best model yet"
+                                + (f": {job.error}" if job.error else ""))
+        return job
+    check_name(target, "project name")
+    done = [s for s in cluster.status(project=target) if s.state == "COMPLETED" and s.best_model]
+    if not done:
+        raise NotFoundError(f"project {target!r} has no completed job with a model yet: see 'hpctrain status'")
+    return done[-1]
+
+
+def fetch(workspace: Workspace, target: str) -> FetchResult:
+    """Bring a job's best model, events, log and script into models/finetuned/PROJECT/jobN/."""
+    with connect(workspace) as transport:
+        job = _job_to_fetch(transport.cluster, target)
+        destination = workspace.path / "models" / "finetuned" / job.project / f"job{job.id}"
+        result = FetchResult(job, destination)
+        wanted = [job.best_model] + [f"{job.job_dir}/{rel}" for rel in FETCHED]
+        available = transport.list_files(job.job_dir)
+        for remote in wanted:
+            rel = remote[len(job.job_dir) + 1:]
+            if rel not in available:
+                continue
+            local = destination / Path(rel).name if remote == job.best_model else destination / rel
+            transport.get(remote, local)
+            result.files.append(str(local.relative_to(workspace.path)))
+    return result
+
+
+# -- clean --------------------------------------------------------------------------------
+def clean_plan(workspace: Workspace, project: str) -> list[dict]:
+    check_name(project, "project name")
+    with connect(workspace) as transport:
+        return transport.cluster.clean_plan(project)
+
+
+def clean(workspace: Workspace, paths: list[str]) -> int:
+    with connect(workspace) as transport:
+        return transport.cluster.clean(paths)

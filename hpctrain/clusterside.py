@@ -1,0 +1,303 @@
+"""The cluster side: the tree under the cluster root, submitting jobs, their states, logs and clean-up.
+
+On a login node (or in the embedded default) these functions run directly; from a laptop the
+same operations run as the cluster-side `hpctrain ... --json` over SSH. Nothing here prints.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import __version__, events
+from .config import Tree
+from .errors import GroundTruthError, HpctrainError, NotFoundError
+from .executor import scheduler_for
+from .groundtruth import is_junk
+from .project import Resources, Split, TrainParams
+from .registry import JobRecord, JobState, Registry
+from .runner import EVENTS, LOG, SCRIPT
+
+MODEL_SUFFIXES = (".mlmodel", ".safetensors")
+KINDS = ("transcription", "segmentation", "compile")
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """Everything the cluster side needs to render and submit one kraken job."""
+
+    kind: str
+    project: str
+    format: str
+    base: str | None
+    params: TrainParams
+    split: Split
+    resources: Resources
+    device: str = "auto"
+    kraken_version: str = "auto"
+    modules: tuple[str, ...] = ()
+    venv: str | None = None
+    container: str | None = None
+    template_paths: tuple[str, ...] = ()
+    base_path: str | None = None  # filled in by the cluster side
+
+
+@dataclass(frozen=True)
+class Submission:
+    job: JobRecord | None      # None for a dry run
+    script: str
+    job_dir: str
+
+
+@dataclass
+class JobStatus:
+    """One row of `hpctrain status`."""
+
+    id: int
+    kind: str
+    project: str
+    base: str | None
+    state: str
+    scheduler_id: str | None
+    elapsed: float | None
+    step: str | None
+    epoch: int | None
+    total_epochs: int | None
+    best_metric: str | None
+    best_value: float | None
+    best_model: str | None
+    test: dict = field(default_factory=dict)
+    early_stopped: bool = False
+    error: str | None = None
+    job_dir: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class ClusterSide:
+    """Operations on one cluster root."""
+
+    def __init__(self, root: Path, tree: Tree = Tree(), executor: str = "local"):
+        self.root = Path(root)
+        self.tree = tree
+        self.executor = executor
+
+    # -- the tree -------------------------------------------------------------------------
+    def folder(self, role: str) -> Path:
+        return self.root / getattr(self.tree, role)
+
+    def ensure_tree(self) -> list[str]:
+        created = []
+        for role in ("ground_truth", "compiled", "base_models", "scripts", "finetuned"):
+            path = self.folder(role)
+            if not path.is_dir():
+                path.mkdir(parents=True)
+                created.append(getattr(self.tree, role))
+        (self.root / ".hpctrain").mkdir(exist_ok=True)
+        return created
+
+    def registry(self) -> Registry:
+        if not self.folder("finetuned").is_dir():
+            raise HpctrainError(f"the cluster tree under {self.root} is missing: run 'hpctrain init'")
+        return Registry(self.root / ".hpctrain" / "registry.sqlite")
+
+    def job_dir_name(self, project: str, job_id: int, kind: str) -> str:
+        return f"{self.tree.finetuned}/{project}/job{job_id}-{kind}"
+
+    # -- models ---------------------------------------------------------------------------
+    def base_models(self) -> list[dict]:
+        folder = self.folder("base_models")
+        found = sorted(p for p in folder.iterdir() if p.suffix in MODEL_SUFFIXES) if folder.is_dir() else []
+        return [{"name": p.stem, "file": p.name, "size": p.stat().st_size} for p in found]
+
+    def resolve_base(self, name: str) -> Path:
+        for suffix in MODEL_SUFFIXES:
+            path = self.folder("base_models") / f"{name}{suffix}"
+            if path.is_file():
+                return path
+        known = ", ".join(m["name"] for m in self.base_models()) or "none yet"
+        raise NotFoundError(f"unknown base model {name!r} (known: {known}): "
+                            f"run 'hpctrain models push FILE --name {name}'")
+
+    # -- submitting -----------------------------------------------------------------------
+    def pages(self, project: str) -> list[str]:
+        folder = self.folder("ground_truth") / project
+        pages = sorted(str(p) for p in folder.rglob("*.xml") if not is_junk(p.name)) if folder.is_dir() else []
+        if not pages:
+            raise GroundTruthError(f"no ground truth for project {project!r} on the cluster: "
+                                   f"run 'hpctrain push {project}' first")
+        return pages
+
+    def submit(self, request: JobRequest, dry_run: bool = False) -> Submission:
+        from dataclasses import replace
+
+        from . import kraken
+        from .render import render, search_path
+
+        if request.kind not in KINDS:
+            raise HpctrainError(f"unknown job kind {request.kind!r}; choose one of {', '.join(KINDS)}")
+        if request.base:
+            request = replace(request, base_path=str(self.resolve_base(request.base)))
+        dialect = kraken.resolve_dialect(request.kraken_version)
+        split = kraken.split_pages(self.pages(request.project), request.split.train, request.split.validation,
+                                   request.split.test, request.split.seed)
+        builder = {"transcription": kraken.transcription_job, "segmentation": kraken.segmentation_job,
+                   "compile": kraken.compile_job}[request.kind]
+        template_paths = [Path(p) for p in request.template_paths] + search_path(None, None)
+        params = {"request": _request_json(request), "kraken": dialect.version, "split_sizes":
+                  {k: len(v) for k, v in split.items()}, "hpctrain": __version__}
+
+        with self.registry() as registry:
+            if dry_run:
+                job_id = registry.next_id()
+                return Submission(None, self._render(request, dialect, builder, split, job_id, template_paths,
+                                                     render)[0], self.job_dir_name(request.project, job_id,
+                                                                                   request.kind))
+            record = registry.add(request.kind, request.project, request.base,
+                                  lambda i: self.job_dir_name(request.project, i, request.kind), params)
+            try:
+                script, job = self._render(request, dialect, builder, split, record.id, template_paths, render)
+                job_dir = self.root / record.job_dir
+                self._write_job(job_dir, script, job.files)
+                scheduler_id = scheduler_for(self.executor).submit(job_dir, request.resources.time)
+            except BaseException:
+                registry.delete(record.id)
+                shutil.rmtree(self.root / record.job_dir, ignore_errors=True)
+                raise
+            registry.update(record.id, state=JobState.PENDING, scheduler_id=scheduler_id)
+            return Submission(registry.get(record.id), script, record.job_dir)
+
+    def _render(self, request, dialect, builder, split, job_id, template_paths, render):
+        job_dir = str(self.root / self.job_dir_name(request.project, job_id, request.kind))
+        compiled_dir = str(self.folder("compiled") / request.project / f"job{job_id}")
+        device = _device(request)
+        job = builder(dialect, request, job_dir, compiled_dir, device, split)
+        run_prefix = ["apptainer", "exec", "--nv", request.container] if request.container else []
+        context = {
+            "version": __version__, "job_id": job_id, "kind": request.kind, "project": request.project,
+            "job_name": f"hpctrain-{request.project}-{request.kind}-{job_id}", "res": request.resources,
+            "env": {"modules": request.modules, "venv": request.venv}, "job_dir": job_dir,
+            "run_prefix": run_prefix, **job.context,
+        }
+        return render(job.template, context, template_paths), job
+
+    @staticmethod
+    def _write_job(job_dir: Path, script: str, files: dict) -> None:
+        job_dir.mkdir(parents=True, exist_ok=False)
+        for rel, text in {**files, SCRIPT: script}.items():
+            path = job_dir / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".part")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+
+    # -- following ------------------------------------------------------------------------
+    def status(self, job_ids: list[int] | None = None, project: str | None = None) -> list[JobStatus]:
+        with self.registry() as registry:
+            records = [registry.get(i) for i in job_ids] if job_ids else registry.all(project)
+            live = [r for r in records if not r.state.final and r.scheduler_id]
+            alive = scheduler_for(self.executor).alive([r.scheduler_id for r in live]) if live else {}
+            rows = []
+            for record in records:
+                progress = events.summarize(events.read(self.root / record.job_dir / EVENTS))
+                state = self._state(record, progress, alive.get(record.scheduler_id))
+                if state != record.state:
+                    registry.update(record.id, state=state)
+                rows.append(_row(record, state, progress))
+            return rows
+
+    @staticmethod
+    def _state(record: JobRecord, progress: events.Progress, scheduler_state: JobState | None) -> JobState:
+        if record.state.final:
+            return record.state
+        if progress.state in ("COMPLETED", "FAILED"):
+            return JobState(progress.state)
+        if scheduler_state is not None:
+            return JobState.RUNNING if progress.state == "RUNNING" else JobState.PENDING
+        if record.state == JobState.SUBMITTING:
+            return record.state
+        return JobState.FAILED  # the process is gone and never reported an end
+
+    def job(self, job_id: int | str) -> JobStatus:
+        return self.status([int(job_id)])[0]
+
+    def read_log(self, job_id: int | str, offset: int = 0, limit: int = 1 << 20) -> tuple[str, int]:
+        """Up to `limit` bytes of the raw log from `offset`, cut at a line end; and the new offset."""
+        with self.registry() as registry:
+            record = registry.get(job_id)
+        path = self.root / record.job_dir / LOG
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                data = handle.read(limit)
+        except FileNotFoundError:
+            return "", offset
+        if len(data) == limit and b"\n" in data:
+            data = data[: data.rindex(b"\n") + 1]
+        return data.decode("utf-8", errors="replace"), offset + len(data)
+
+    def cancel(self, job_id: int | str) -> JobStatus:
+        with self.registry() as registry:
+            record = registry.get(job_id)
+            if record.state.final:
+                raise HpctrainError(f"job {record.id} is already {record.state.value}; nothing to cancel")
+            scheduler_for(self.executor).cancel(record.scheduler_id or "", self.root / record.job_dir)
+            registry.update(record.id, state=JobState.CANCELLED)
+        return self.job(record.id)
+
+    # -- cleaning -------------------------------------------------------------------------
+    def clean_plan(self, project: str) -> list[dict]:
+        """Files `clean` would delete: compiled arrows and the project's job logs. Never models."""
+        with self.registry() as registry:
+            records = registry.all(project)
+        running = [r.id for r in records if not r.state.final]
+        if running:
+            raise HpctrainError(f"project {project} has unfinished jobs ({', '.join(map(str, running))}): "
+                                "wait for them or cancel them before cleaning")
+        plan = []
+        compiled = self.folder("compiled") / project
+        if compiled.is_dir():
+            plan += [p for p in sorted(compiled.rglob("*.arrow"))]
+        for record in records:
+            job_dir = self.root / record.job_dir
+            plan += [p for p in (job_dir / LOG,) if p.is_file()]
+            plan += sorted((job_dir / "submitit").glob("*.out")) + sorted((job_dir / "submitit").glob("*.err"))
+        return [{"path": str(p.relative_to(self.root)), "size": p.stat().st_size} for p in plan]
+
+    def clean(self, paths: list[str]) -> int:
+        removed = 0
+        for rel in paths:
+            path = (self.root / rel).resolve()
+            path.relative_to(self.root.resolve())  # never outside the root
+            if path.is_file():
+                path.unlink()
+                removed += 1
+        return removed
+
+
+def _device(request: JobRequest) -> str:
+    if request.device != "auto":
+        return request.device
+    return "cuda:0" if request.resources.gpus else "cpu"
+
+
+def _request_json(request: JobRequest) -> dict:
+    data = asdict(request)
+    data.pop("template_paths")
+    return data
+
+
+def _row(record: JobRecord, state: JobState, progress: events.Progress) -> JobStatus:
+    elapsed = None
+    if progress.started:
+        elapsed = (progress.ended or time.time()) - progress.started
+    best_model = f"{record.job_dir}/{progress.best_model}" if progress.best_model else None
+    return JobStatus(
+        id=record.id, kind=record.kind, project=record.project, base=record.base, state=state.value,
+        scheduler_id=record.scheduler_id, elapsed=elapsed, step=progress.step, epoch=progress.epoch,
+        total_epochs=progress.total_epochs, best_metric=progress.best_metric, best_value=progress.best_value,
+        best_model=best_model, test=progress.test, early_stopped=progress.early_stopped, error=progress.error,
+        job_dir=record.job_dir)

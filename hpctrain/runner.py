@@ -1,0 +1,75 @@
+"""The job runner: the payload that submitit runs on the compute node (or locally).
+
+It runs the job's rendered script with bash, keeps the raw output in `job.log`, and writes
+structured events to `events.jsonl` beside it as the lines arrive: start, steps, epochs,
+metrics, best model so far, early stop, test accuracy, and the error line when a command fails.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+from . import events
+from .errors import HpctrainError
+from .logparse import LogParser
+
+SCRIPT, LOG, EVENTS, MODEL_DIR = "job.sh", "job.log", "events.jsonl", "model"
+
+
+class JobFailed(HpctrainError):
+    """Raised by the runner when the job's script exits non-zero."""
+
+
+def find_best_model(job_dir: Path, reported: str | None) -> str | None:
+    """The best model's path relative to the job folder: what ketos reported, else what it left."""
+    candidates = [Path(reported)] if reported else []
+    candidates += sorted((job_dir / MODEL_DIR).glob("*best*.mlmodel"), key=lambda p: p.stat().st_mtime)[-1:]
+    for path in candidates:
+        full = path if path.is_absolute() else job_dir / path
+        if full.is_file():
+            try:
+                return os.path.relpath(full.resolve(), job_dir.resolve())
+            except ValueError:
+                return str(full)
+    return None
+
+
+class JobRunner:
+    """Callable payload; picklable (it holds only the job folder's path)."""
+
+    def __init__(self, job_dir: str):
+        self.job_dir = job_dir
+
+    def __call__(self) -> dict:
+        job_dir = Path(self.job_dir)
+        env = dict(os.environ, COLUMNS="250", PYTHONUNBUFFERED="1")
+        parser = LogParser()
+        reported_model = None
+        with open(job_dir / LOG, "a", encoding="utf-8") as raw, \
+                open(job_dir / EVENTS, "a", encoding="utf-8") as sink:
+            events.append(sink, {"event": "start", "host": socket.gethostname()})
+            process = subprocess.Popen(
+                ["bash", str(job_dir / SCRIPT)], cwd=job_dir, env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                start_new_session=True,  # its own process group, so that cancel reaches ketos' workers
+            )
+            events.append(sink, {"event": "process", "pgid": process.pid})
+            for line in process.stdout:
+                raw.write(line)
+                raw.flush()
+                for event in parser.feed(line):
+                    if event["event"] == "model":
+                        reported_model = event["path"]
+                    events.append(sink, event)
+            code = process.wait()
+            best = find_best_model(job_dir, reported_model)
+            events.append(sink, {"event": "result", "best_model": best})
+            error = parser.last_error if code else None
+            if code and not error:
+                error = f"job script exited with code {code}"
+            events.append(sink, {"event": "end", "exit_code": code, "error": error})
+        if code:
+            raise JobFailed(error)
+        return {"exit_code": 0, "best_model": best}
