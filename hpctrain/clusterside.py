@@ -105,7 +105,7 @@ class ClusterSide:
         return Registry(self.root / ".hpctrain" / "registry.sqlite")
 
     def job_dir_name(self, project: str, job_id: int, kind: str) -> str:
-        return f"{self.tree.finetuned}/{project}/job{job_id}-{kind}"
+        return job_dir_name(self.tree, project, job_id, kind)
 
     # -- models ---------------------------------------------------------------------------
     def base_models(self) -> list[dict]:
@@ -135,7 +135,7 @@ class ClusterSide:
         from dataclasses import replace
 
         from . import kraken
-        from .render import render, search_path
+        from .render import search_path
 
         if request.kind not in KINDS:
             raise HpctrainError(f"unknown job kind {request.kind!r}; choose one of {', '.join(KINDS)}")
@@ -144,8 +144,6 @@ class ClusterSide:
         dialect = kraken.resolve_dialect(request.kraken_version)
         split = kraken.split_pages(self.pages(request.project), request.split.train, request.split.validation,
                                    request.split.test, request.split.seed)
-        builder = {"transcription": kraken.transcription_job, "segmentation": kraken.segmentation_job,
-                   "compile": kraken.compile_job}[request.kind]
         template_paths = [Path(p) for p in request.template_paths] + search_path(None, None)
         params = {"request": _request_json(request), "kraken": dialect.version, "split_sizes":
                   {k: len(v) for k, v in split.items()}, "hpctrain": __version__}
@@ -153,36 +151,21 @@ class ClusterSide:
         with self.registry() as registry:
             if dry_run:
                 job_id = registry.next_id()
-                return Submission(None, self._render(request, dialect, builder, split, job_id, template_paths,
-                                                     render)[0], self.job_dir_name(request.project, job_id,
-                                                                                   request.kind))
+                script, _job = render_job(request, dialect, split, job_id, self.root, self.tree, template_paths)
+                return Submission(None, script, self.job_dir_name(request.project, job_id, request.kind))
             record = registry.add(request.kind, request.project, request.base,
                                   lambda i: self.job_dir_name(request.project, i, request.kind), params)
             try:
-                script, job = self._render(request, dialect, builder, split, record.id, template_paths, render)
+                script, job = render_job(request, dialect, split, record.id, self.root, self.tree, template_paths)
                 job_dir = self.root / record.job_dir
                 self._write_job(job_dir, script, job.files)
-                scheduler_id = scheduler_for(self.executor).submit(job_dir, request.resources.time)
+                scheduler_id = scheduler_for(self.executor, self.root).submit(job_dir, request.resources.time)
             except BaseException:
                 registry.delete(record.id)
                 shutil.rmtree(self.root / record.job_dir, ignore_errors=True)
                 raise
             registry.update(record.id, state=JobState.PENDING, scheduler_id=scheduler_id)
             return Submission(registry.get(record.id), script, record.job_dir)
-
-    def _render(self, request, dialect, builder, split, job_id, template_paths, render):
-        job_dir = str(self.root / self.job_dir_name(request.project, job_id, request.kind))
-        compiled_dir = str(self.folder("compiled") / request.project / f"job{job_id}")
-        device = _device(request)
-        job = builder(dialect, request, job_dir, compiled_dir, device, split)
-        run_prefix = ["apptainer", "exec", "--nv", request.container] if request.container else []
-        context = {
-            "version": __version__, "job_id": job_id, "kind": request.kind, "project": request.project,
-            "job_name": f"hpctrain-{request.project}-{request.kind}-{job_id}", "res": request.resources,
-            "env": {"modules": request.modules, "venv": request.venv}, "job_dir": job_dir,
-            "run_prefix": run_prefix, **job.context,
-        }
-        return render(job.template, context, template_paths), job
 
     @staticmethod
     def _write_job(job_dir: Path, script: str, files: dict) -> None:
@@ -199,7 +182,7 @@ class ClusterSide:
         with self.registry() as registry:
             records = [registry.get(i) for i in job_ids] if job_ids else registry.all(project)
             live = [r for r in records if not r.state.final and r.scheduler_id]
-            alive = scheduler_for(self.executor).alive([r.scheduler_id for r in live]) if live else {}
+            alive = scheduler_for(self.executor, self.root).alive([r.scheduler_id for r in live]) if live else {}
             rows = []
             for record in records:
                 progress = events.summarize(events.read(self.root / record.job_dir / EVENTS))
@@ -244,7 +227,7 @@ class ClusterSide:
             record = registry.get(job_id)
             if record.state.final:
                 raise HpctrainError(f"job {record.id} is already {record.state.value}; nothing to cancel")
-            scheduler_for(self.executor).cancel(record.scheduler_id or "", self.root / record.job_dir)
+            scheduler_for(self.executor, self.root).cancel(record.scheduler_id or "", self.root / record.job_dir)
             registry.update(record.id, state=JobState.CANCELLED)
         return self.job(record.id)
 
@@ -276,6 +259,31 @@ class ClusterSide:
                 path.unlink()
                 removed += 1
         return removed
+
+
+def job_dir_name(tree: Tree, project: str, job_id: int, kind: str) -> str:
+    return f"{tree.finetuned}/{project}/job{job_id}-{kind}"
+
+
+def render_job(request: JobRequest, dialect, split: dict, job_id: int, root: Path, tree: Tree,
+               template_paths: list[Path]):
+    """The job script and the files to write beside it; pure (touches no file but templates)."""
+    from . import kraken
+    from .render import render
+
+    builder = {"transcription": kraken.transcription_job, "segmentation": kraken.segmentation_job,
+               "compile": kraken.compile_job}[request.kind]
+    job_dir = str(root / job_dir_name(tree, request.project, job_id, request.kind))
+    compiled_dir = str(root / tree.compiled / request.project / f"job{job_id}")
+    job = builder(dialect, request, job_dir, compiled_dir, _device(request), split)
+    run_prefix = ["apptainer", "exec", "--nv", request.container] if request.container else []
+    context = {
+        "version": __version__, "job_id": job_id, "kind": request.kind, "project": request.project,
+        "job_name": f"hpctrain-{request.project}-{request.kind}-{job_id}", "res": request.resources,
+        "env": {"modules": request.modules, "venv": request.venv}, "job_dir": job_dir,
+        "run_prefix": run_prefix, **job.context,
+    }
+    return render(job.template, context, template_paths), job
 
 
 def _device(request: JobRequest) -> str:

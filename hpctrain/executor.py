@@ -60,6 +60,9 @@ class LocalScheduler:
 
     name = "local"
 
+    def __init__(self, root: Path):
+        self.queue_lock = Path(root) / ".hpctrain" / "local-queue.lock"
+
     def submit(self, job_dir: Path, time_limit: str) -> str:
         import submitit
 
@@ -68,7 +71,7 @@ class LocalScheduler:
         executor = submitit.LocalExecutor(folder=job_dir / "submitit")
         executor.update_parameters(timeout_min=max(1, int(time_to_minutes(time_limit))))
         try:
-            job = executor.submit(JobRunner(str(job_dir)))
+            job = executor.submit(JobRunner(str(job_dir), str(self.queue_lock)))
         except Exception as e:  # submitit raises bare exceptions on submission failures
             raise SchedulerError(f"local submission failed: {e}") from e
         return str(job.job_id)
@@ -96,8 +99,8 @@ class LocalScheduler:
 SCHEDULERS = {"local": LocalScheduler}
 
 
-def scheduler_for(name: str) -> Scheduler:
+def scheduler_for(name: str, root: Path) -> Scheduler:
     try:
-        return SCHEDULERS[name]()
+        return SCHEDULERS[name](root)
     except KeyError:
         raise ConfigError(f"unknown executor {name!r}; choose one of {', '.join(SCHEDULERS)}") from None

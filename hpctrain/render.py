@@ -1,8 +1,8 @@
 """Rendering job scripts from Jinja templates that users can override.
 
 Search path: --template-dir, then the workspace's templates/, then the user config dir's
-templates/, then the packaged ones. A user template can `{% extends "kraken/transcription.sh.j2" %}`
-and replace one block. Values reach the shell only through the `q` and `shjoin` filters.
+templates/, then the packaged ones. A user template of the same name can
+`{% extends "packaged/kraken/transcription.sh.j2" %}` and replace one block. Values reach the shell only through the `q` and `shjoin` filters.
 """
 from __future__ import annotations
 
@@ -55,7 +55,11 @@ def environment(paths: list[Path]):
     import jinja2
 
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader([str(p) for p in paths]),
+        loader=jinja2.ChoiceLoader([
+            jinja2.FileSystemLoader([str(p) for p in paths]),
+            # The packaged templates stay reachable under this prefix, so an override can extend its original.
+            jinja2.PrefixLoader({"packaged": jinja2.FileSystemLoader(str(packaged_template_dir()))}),
+        ]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,

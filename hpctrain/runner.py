@@ -39,10 +39,22 @@ def find_best_model(job_dir: Path, reported: str | None) -> str | None:
 class JobRunner:
     """Callable payload; picklable (it holds only the job folder's path)."""
 
-    def __init__(self, job_dir: str):
+    def __init__(self, job_dir: str, queue_lock: str | None = None):
         self.job_dir = job_dir
+        self.queue_lock = queue_lock
 
     def __call__(self) -> dict:
+        if not self.queue_lock:
+            return self._run()
+        import fcntl
+
+        # The embedded default is a one-node queue: jobs wait (PENDING) for the one before them,
+        # because two trainings sharing two cores each run many times slower than in turn.
+        with open(self.queue_lock, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._run()
+
+    def _run(self) -> dict:
         job_dir = Path(self.job_dir)
         env = dict(os.environ, COLUMNS="250", PYTHONUNBUFFERED="1")
         parser = LogParser()

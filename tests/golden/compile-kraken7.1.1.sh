@@ -1,0 +1,27 @@
+#!/bin/bash
+#SBATCH --job-name=hpctrain-Projet_A-compile-7
+#SBATCH --partition=publicgpu
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --cpus-per-task=8
+#SBATCH --time=05:00:00
+#SBATCH --gres=gpu:1
+#SBATCH --constraint=gputc
+#SBATCH --mail-user=someone@example.org
+#SBATCH --mail-type=END
+# Rendered by hpctrain 0.1.0: job 7, compile of project Projet_A.
+# hpctrain's runner executes this script and turns its output into events.jsonl.
+set -euo pipefail
+
+module load kraken
+export COLUMNS=250 PYTHONUNBUFFERED=1
+# Data loader workers and threads follow the CPUs allocated to the job, not a constant.
+CPUS="${SLURM_CPUS_PER_TASK:-$(nproc)}"
+hpctrain_step() { printf '##hpctrain {"event": "step", "step": "%s"}\n' "$1"; }
+cd /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-compile
+
+hpctrain_step compile
+mkdir -p /home/alice/hpc/GT_compile/Projet_A/job7
+ketos -d cuda:0 --workers "${CPUS}" --threads "${CPUS}" compile -f page -o /home/alice/hpc/GT_compile/Projet_A/job7/train.arrow -F /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-compile/split/train.txt
+ketos -d cuda:0 --workers "${CPUS}" --threads "${CPUS}" compile -f page -o /home/alice/hpc/GT_compile/Projet_A/job7/validation.arrow -F /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-compile/split/validation.txt
+ketos -d cuda:0 --workers "${CPUS}" --threads "${CPUS}" compile -f page -o /home/alice/hpc/GT_compile/Projet_A/job7/test.arrow -F /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-compile/split/test.txt

@@ -1,0 +1,25 @@
+#!/bin/bash
+#SBATCH --job-name=hpctrain-Projet_A-segmentation-7
+#SBATCH --partition=publicgpu
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --cpus-per-task=8
+#SBATCH --time=05:00:00
+#SBATCH --gres=gpu:1
+#SBATCH --constraint=gputc
+#SBATCH --mail-user=someone@example.org
+#SBATCH --mail-type=END
+# Rendered by hpctrain 0.1.0: job 7, segmentation of project Projet_A.
+# hpctrain's runner executes this script and turns its output into events.jsonl.
+set -euo pipefail
+
+module load kraken
+export COLUMNS=250 PYTHONUNBUFFERED=1
+# Data loader workers and threads follow the CPUs allocated to the job, not a constant.
+CPUS="${SLURM_CPUS_PER_TASK:-$(nproc)}"
+hpctrain_step() { printf '##hpctrain {"event": "step", "step": "%s"}\n' "$1"; }
+cd /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation
+
+hpctrain_step train
+mkdir -p /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/model
+ketos -d cuda:0 --workers "${CPUS}" --threads "${CPUS}" segtrain -f page -o /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/model --weights-format coreml --optimizer Adam -r 0.0001 --augment -q early --lag 20 --min-epochs 60 -N 200 -i /home/alice/hpc/Model_de_base/blla.mlmodel --resize new -t /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/split/train.txt -e /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/split/validation.txt
