@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .errors import GroundTruthError, HpctrainError
+from .errors import HpctrainError
 
 
 class Cli(click.Group):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .clusterside import JobRequest, JobStatus, Submission
+from .clusterside import MODEL_SUFFIXES, JobRequest, JobStatus, Submission
 from .config import WORKSPACE_DIRS, WORKSPACE_FILE, Workspace
 from .errors import ConfigError, GroundTruthError, HpctrainError, NotFoundError
 from .groundtruth import Report, validate
@@ -115,7 +115,6 @@ def push(workspace: Workspace, name: str, progress: Callable[[Transfer], None] |
 
 
 # -- models -------------------------------------------------------------------------------
-MODEL_SUFFIXES = (".mlmodel", ".safetensors")
 
 
 def push_model(workspace: Workspace, file: Path, name: str | None = None) -> dict:

@@ -97,12 +97,18 @@ class ClusterSide:
                 path.mkdir(parents=True)
                 created.append(getattr(self.tree, role))
         (self.root / ".hpctrain").mkdir(exist_ok=True)
+        with Registry(self.registry_path):
+            pass
         return created
 
     def registry(self) -> Registry:
         if not self.folder("finetuned").is_dir():
             raise HpctrainError(f"the cluster tree under {self.root} is missing: run 'hpctrain init'")
-        return Registry(self.root / ".hpctrain" / "registry.sqlite")
+        return Registry(self.registry_path)
+
+    @property
+    def registry_path(self) -> Path:
+        return self.root / ".hpctrain" / "registry.sqlite"
 
     def job_dir_name(self, project: str, job_id: int, kind: str) -> str:
         return job_dir_name(self.tree, project, job_id, kind)

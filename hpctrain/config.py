@@ -6,7 +6,7 @@ Precedence, key by key: CLI flags > `HPCTRAIN_*` environment > workspace `hpctra
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -190,7 +190,3 @@ def load_workspace(path: Path | None = None, flags: Mapping[str, Any] | None = N
         raise ConfigError(f"unknown profile {name!r}: define it under 'profiles:' in {folder / WORKSPACE_FILE}")
     profile = profile_from_mapping(name, merged, str(folder / WORKSPACE_FILE))
     return Workspace(path=folder, profile=profile, template_dir=Path(template_dir) if template_dir else None)
-
-
-def with_profile(workspace: Workspace, **changes: Any) -> Workspace:
-    return replace(workspace, profile=replace(workspace.profile, **changes))

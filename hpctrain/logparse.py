@@ -30,10 +30,6 @@ _MAX_EPOCHS = re.compile(r"stopped: `?max_epochs=(\d+)`? reached")
 _ERROR = re.compile(r"^(Error: .+|[A-Za-z_][\w.]*(Error|Exception): .+)$")
 
 
-def _number(text: str) -> float:
-    return float(text)
-
-
 class LogParser:
     """Feed it lines; it returns the events each line produces and remembers the last error line."""
 
@@ -52,7 +48,7 @@ class LogParser:
         if "best model" in line:
             match = _CONVERT.search(line)
             if match:
-                return [{"event": "model", "path": match.group(3).strip(), "score": _number(match.group(2))}]
+                return [{"event": "model", "path": match.group(3).strip(), "score": float(match.group(2))}]
         if "Accuracy" in line or "accuracy" in line:
             return self._accuracy(line)
         if "max_epochs=" in line:
@@ -82,7 +78,7 @@ class LogParser:
         match = _STAGE.match(line)
         if not match:
             return []
-        metrics = {k: _number(v) for k, v in _METRIC.findall(line) if k != "early_stopping"}
+        metrics = {k: float(v) for k, v in _METRIC.findall(line) if k != "early_stopping"}
         total = None if match.group(2) == "∞" else int(match.group(2)) + 1
         epoch = int(match.group(1)) + 1
         event = {"event": "epoch", "epoch": epoch, "total": total, "metrics": metrics}

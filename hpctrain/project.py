@@ -6,7 +6,7 @@ never silently falls back to a default.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -179,8 +179,3 @@ def override_resources(resources: Resources, **flags: Any) -> Resources:
     changes = {k: v for k, v in flags.items() if v is not None}
     return validate_resources(replace(resources, **changes), "command-line resources")
 
-
-def project_to_mapping(project: Project) -> dict[str, Any]:
-    data = asdict(project)
-    data.pop("name")
-    return data

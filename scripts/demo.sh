@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole kraken fine-tuning cycle on the embedded default (no cluster needed):
+# init a workspace, generate sample ground truth, push, train a recognition model with a real
+# ketos, wait while printing progress, fetch the model. Usage: scripts/demo.sh [WORKSPACE]
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+workspace="${1:-$repo/demo-workspace}"
+
+bash "$repo/scripts/setup_env.sh"
+export PATH="$repo/.venv/bin:$PATH"
+
+hpctrain init "$workspace"
+cd "$workspace"
+[ -f projects/Demo.yaml ] || hpctrain project new Demo
+[ -n "$(ls -A ground_truth/Demo 2>/dev/null)" ] || python "$repo/scripts/make_sample_gt.py" ground_truth/Demo --pages 12
+hpctrain push Demo
+job="$(hpctrain submit transcription Demo --no-base --json | python -c 'import json, sys; print(json.load(sys.stdin)["job"]["id"])')"
+echo "== submitted job $job; waiting (ketos on CPU, about a minute)"
+hpctrain wait "$job"
+hpctrain status
+hpctrain fetch "$job"
+echo "== done: the model is in $workspace/models/finetuned/Demo/job$job/"
