@@ -351,6 +351,12 @@ def status(ctx, job_ids, project_name, as_json):
             click.echo(f"job {r.id}: {r.error}")
 
 
+def _final(state: str) -> bool:
+    from .registry import JobState
+
+    return JobState(state).final
+
+
 def _follow_interval() -> float:
     return float(os.environ.get("HPCTRAIN_POLL_SECONDS", "1"))
 
@@ -377,19 +383,16 @@ def logs(ctx, job_id, follow):
         if chunk:
             click.echo(chunk, nl=False)
             continue
-        if not follow or get_status(workspace, [job])[0].state in FINAL_STATES:
+        if not follow or _final(get_status(workspace, [job])[0].state):
             chunk, offset = read_log(workspace, job, offset)
             click.echo(chunk, nl=False)
             return
         time.sleep(_follow_interval())
 
 
-FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
-
-
 @main.command()
 @click.argument("job_id", metavar="JOB")
-@click.option("--timeout", type=float, help="Give up after this many seconds (exit 2).")
+@click.option("--timeout", type=float, help="Give up after this many seconds (non-zero exit).")
 @json_option
 @click.pass_context
 def wait(ctx, job_id, timeout, as_json):
@@ -411,7 +414,7 @@ def wait(ctx, job_id, timeout, as_json):
         if line != last and not as_json:
             click.echo(line)
             last = line
-        if row.state in FINAL_STATES:
+        if _final(row.state):
             break
         if deadline and time.monotonic() > deadline:
             raise HpctrainError(f"job {job} still {row.state} after {timeout:.0f} s") from None

@@ -80,6 +80,9 @@ def test_transcription_cycle_then_fine_tune_from_the_result(cli, workspace, trai
 
     assert cli("models", "push", str(model), "--name", "demo_v1").exit_code == 0
     second = submit(cli, "transcription", "Demo", "--base", "demo_v1")
+    followed = cli("logs", str(second), "-f")  # returns only when the job has ended
+    assert followed.exit_code == 0
+    assert "stage 2/2" in followed.stdout and "Character Accuracy" in followed.stdout
     row = wait_for(cli, second)
     assert row["state"] == "COMPLETED", row
     assert row["base"] == "demo_v1" and row["epoch"] == 3
@@ -89,9 +92,7 @@ def test_transcription_cycle_then_fine_tune_from_the_result(cli, workspace, trai
     split = (workspace / "cluster" / row["job_dir"] / "split")
     first_split = workspace / "models" / "finetuned" / "Demo" / f"job{first}" / "split"
     assert (split / "test.txt").read_text() == (first_split / "test.txt").read_text(), "seeded split"
-
-    logs = cli("logs", str(second))
-    assert "stage 2/2" in logs.stdout and "Character Accuracy" in logs.stdout
+    assert cli("logs", str(second)).stdout == followed.stdout
 
 
 def test_segmentation_from_scratch(cli, workspace, trained_project):
@@ -111,7 +112,7 @@ def test_broken_base_model_fails_with_the_ketos_error_line(cli, workspace, train
     job = submit(cli, "transcription", "Demo", "--base", "broken")
     row = wait_for(cli, job)
     assert row["state"] == "FAILED"
-    assert row["error"] and "Error" in row["error"] or "Exception" in row["error"]
+    assert row["error"] and ("Error" in row["error"] or "Exception" in row["error"]), row
     shown = cli("status")
     assert f"job {job}: " in shown.stdout
     waited = cli("wait", str(job))
