@@ -138,3 +138,20 @@ def test_cancel_stops_a_running_training(cli, workspace, trained_project):
         time.sleep(0.2)
     again = cli("cancel", str(job))
     assert again.exit_code != 0 and "already CANCELLED" in again.stderr
+
+
+def test_compile_job_then_clean_frees_the_arrows_and_logs(cli, workspace, trained_project):
+    job = submit(cli, "compile", "Demo")
+    row = wait_for(cli, job)
+    assert row["state"] == "COMPLETED", row
+    compiled = workspace / "cluster" / "GT_compile" / "Demo" / f"job{job}"
+    arrows = sorted(p.name for p in compiled.glob("*.arrow"))
+    assert arrows == ["test.arrow", "train.arrow", "validation.arrow"]
+    assert all((compiled / a).stat().st_size > 0 for a in arrows)
+    log = workspace / "cluster" / row["job_dir"] / "job.log"
+    assert "Output file written to" in log.read_text()
+    cleaned = cli("clean", "Demo", "--yes", "--json")
+    assert cleaned.exit_code == 0, cleaned.output
+    assert json.loads(cleaned.stdout)["removed"] >= 4
+    assert not list(compiled.glob("*.arrow")) and not log.exists()
+    assert (workspace / "cluster" / row["job_dir"] / "job.sh").exists(), "scripts and events are kept"
