@@ -57,7 +57,9 @@ class LogParser:
                 return [{"event": "stopped", "reason": "max_epochs", "epochs": int(match.group(1))}]
         if line.startswith(("WARNING", "[WARNING")) and ("Invalid input" in line or "Could not open" in line):
             return [{"event": "warning", "line": line.strip()}]
-        if "Error" in line or "Exception" in line:
+        if line.endswith(": command not found"):
+            self.last_error = line.strip()
+        elif "Error" in line or "Exception" in line:
             if _ERROR.match(line.strip()):
                 self.last_error = line.strip()
         return []

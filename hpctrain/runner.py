@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 from . import events
@@ -56,7 +57,10 @@ class JobRunner:
 
     def _run(self) -> dict:
         job_dir = Path(self.job_dir)
-        env = dict(os.environ, COLUMNS="250", PYTHONUNBUFFERED="1")
+        # Tools installed beside this Python (ketos in hpctrain's own environment) come first;
+        # a job's `module load` or venv activation still prepends its own.
+        path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+        env = dict(os.environ, PATH=path, COLUMNS="250", PYTHONUNBUFFERED="1")
         parser = LogParser()
         reported_model = None
         with open(job_dir / LOG, "a", encoding="utf-8") as raw, \

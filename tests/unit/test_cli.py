@@ -167,3 +167,12 @@ def test_example_project_file_is_the_documented_template(workspace, cli):
     written = (workspace / "projects" / "example.yaml").read_text()
     shipped = (Path(__file__).parents[2] / "projects" / "example.yaml").read_text()
     assert written == shipped
+
+
+def test_cluster_tree_names_are_configurable(cli, workspace, demo_project):
+    config = workspace / "hpctrain.yaml"
+    config.write_text(config.read_text().replace("ground_truth: Ground_Truth", "ground_truth: Verite_Terrain"))
+    assert cli("init", str(workspace)).exit_code == 0
+    assert cli("push", "Demo").exit_code == 0
+    assert (workspace / "cluster" / "Verite_Terrain" / "Demo" / "page001.xml").is_file()
+    assert not list((workspace / "cluster" / "Ground_Truth").iterdir())

@@ -69,6 +69,8 @@ def test_python_exception_line_and_compile_warnings():
     parser.feed("ValueError: No training data in dataset.\n")
     assert parser.last_error == "ValueError: No training data in dataset."
     assert parser.feed("WARNING Invalid input file /x/page1.xml\n")[0]["event"] == "warning"
+    parser.feed("/x/job.sh: line 20: ketos: command not found\n")
+    assert parser.last_error == "/x/job.sh: line 20: ketos: command not found"
 
 
 def test_kraken_43_lines():
