@@ -28,7 +28,7 @@ PROJECT_TEMPLATE = "project.yaml.j2"
 class InitResult:
     workspace: Path
     created: list[str]
-    cluster_root: Path
+    cluster_root: Path | str
     cluster_created: list[str]
 
 
@@ -51,8 +51,9 @@ def init_workspace(path: Path) -> InitResult:
         created.append(WORKSPACE_FILE)
     workspace = load_workspace(path)
     with connect(workspace) as transport:
-        cluster_created = transport.cluster.ensure_tree()
-    return InitResult(path, created, workspace.root, cluster_created)
+        cluster_created = transport.ensure_tree(workspace.profile.tree)
+        cluster_root = transport.root
+    return InitResult(path, created, cluster_root, cluster_created)
 
 
 def _write_new(path: Path, text: str) -> None:

@@ -16,7 +16,7 @@ from .names import check_name
 WORKSPACE_FILE = "hpctrain.yaml"
 WORKSPACE_DIRS = ("ground_truth", "models/base", "models/finetuned", "projects", "templates")
 EMBEDDED_PROFILE = "local"
-BACKENDS = ("local",)
+BACKENDS = ("local", "ssh")
 EXECUTORS = ("local",)
 
 
@@ -45,6 +45,12 @@ class Profile:
     venv: str | None = None         # or activate this virtual environment
     container: str | None = None    # or run ketos inside this Apptainer image
     tree: Tree = field(default_factory=Tree)
+    # backend "ssh": the login node. Unset values come from ~/.ssh/config for `host`.
+    host: str | None = None             # a host name or a ~/.ssh/config alias
+    user: str | None = None
+    port: int | None = None
+    identity_file: str | None = None
+    known_hosts: str | None = None      # default ~/.ssh/known_hosts (or the config's UserKnownHostsFile)
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,8 @@ class Workspace:
 
 
 # Profile keys that may come from HPCTRAIN_<KEY> (scalars only).
-ENV_KEYS = ("backend", "root", "executor", "device", "kraken_version", "venv", "container")
+ENV_KEYS = ("backend", "root", "executor", "device", "kraken_version", "venv", "container", "host", "user",
+            "identity_file", "known_hosts")
 
 
 def user_config_path() -> Path:
@@ -156,6 +163,8 @@ def profile_from_mapping(name: str, data: Mapping[str, Any], source: str) -> Pro
         raise ConfigError(f"{source}: backend {profile.backend!r} is not available; choose one of {', '.join(BACKENDS)}")
     if profile.executor not in EXECUTORS:
         raise ConfigError(f"{source}: executor {profile.executor!r} is not available; choose one of {', '.join(EXECUTORS)}")
+    if profile.backend == "ssh" and not profile.host:
+        raise ConfigError(f"{source}: profile {name!r} uses backend ssh but names no 'host'")
     if sum(bool(x) for x in (profile.modules, profile.venv, profile.container)) > 1:
         raise ConfigError(f"{source}: choose one of 'modules', 'venv' or 'container' for the job environment")
     return profile

@@ -78,6 +78,9 @@ class LocalTransport:
             raise TransportError(f"{rel} not found on the cluster")
         atomic_copy(source, local, mtime=source.stat().st_mtime)
 
+    def ensure_tree(self, tree) -> list[str]:
+        return self.cluster.ensure_tree()
+
     def close(self) -> None:
         pass
 
@@ -88,13 +91,112 @@ class LocalTransport:
         self.close()
 
 
-TRANSPORTS = {"local": LocalTransport}
+class SshTransport:
+    """The cluster root is a folder on the login node, reached with SFTP over one SSH connection."""
+
+    def __init__(self, workspace: Workspace):
+        from .ssh import Connection, resolve_target
+
+        profile = workspace.profile
+        self.target = resolve_target(profile.host, profile.user, profile.port, profile.identity_file,
+                                     profile.known_hosts)
+        self.connection = Connection(self.target)
+        self._root_setting = profile.root
+        self._root: str | None = None
+
+    @property
+    def root(self) -> str:
+        """The remote root, absolute; a relative root is relative to the remote home."""
+        if self._root is None:
+            root = self._root_setting
+            if root.startswith("~/") or root == "~":
+                root = root[2:] or "."
+            self._root = root if root.startswith("/") else str(PurePosixPath(
+                self.connection.sftp().normalize(".")) / root)
+        return self._root
+
+    def _remote(self, rel: str) -> str:
+        return str(PurePosixPath(self.root) / _safe_rel(rel))
+
+    @property
+    def cluster(self):
+        raise TransportError("job commands over SSH need the cluster-side hpctrain, which this version cannot "
+                             "install yet; run them on the login node")
+
+    def _mkdirs(self, folder: PurePosixPath) -> list[str]:
+        sftp, created, missing = self.connection.sftp(), [], []
+        while True:
+            try:
+                sftp.stat(str(folder))
+                break
+            except FileNotFoundError:
+                missing.append(folder)
+                folder = folder.parent
+        for path in reversed(missing):
+            sftp.mkdir(str(path))
+            created.append(str(path))
+        return created
+
+    def ensure_tree(self, tree) -> list[str]:
+        created = []
+        for role in ("ground_truth", "compiled", "base_models", "scripts", "finetuned"):
+            if self._mkdirs(PurePosixPath(self.root) / getattr(tree, role)):
+                created.append(getattr(tree, role))
+        self._mkdirs(PurePosixPath(self.root) / ".hpctrain")
+        return created
+
+    def list_files(self, rel: str) -> dict[str, RemoteFile]:
+        from .ssh import walk
+
+        return {k: RemoteFile(v.rel, v.size, v.mtime)
+                for k, v in walk(self.connection.sftp(), self._remote(rel)).items()}
+
+    def put(self, local: Path, rel: str) -> None:
+        """Upload under a temporary name, set the mtime, then rename over the final name."""
+        sftp = self.connection.sftp()
+        target = PurePosixPath(self._remote(rel))
+        self._mkdirs(target.parent)
+        tmp = str(target.with_name(f".{target.name}.hpctrain-part"))
+        st = local.stat()
+        try:
+            sftp.put(str(local), tmp, confirm=True)
+            sftp.utime(tmp, (st.st_atime, st.st_mtime))
+            sftp.posix_rename(tmp, str(target))
+        except OSError as e:
+            raise TransportError(f"cannot upload {local} to {target}: {e}") from e
+
+    def get(self, rel: str, local: Path) -> None:
+        sftp = self.connection.sftp()
+        source = self._remote(rel)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".{local.name}.hpctrain-part")
+        try:
+            sftp.get(source, str(tmp))
+            mtime = sftp.stat(source).st_mtime
+            os.utime(tmp, (mtime, mtime))
+            os.replace(tmp, local)
+        except FileNotFoundError as e:
+            tmp.unlink(missing_ok=True)
+            raise TransportError(f"{rel} not found on the cluster") from e
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise TransportError(f"cannot download {source}: {e}") from e
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> "SshTransport":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def connect(workspace: Workspace):
     """The transport for the workspace's active profile."""
     profile = workspace.profile
-    if profile.backend not in TRANSPORTS:
-        raise ConfigError(f"backend {profile.backend!r} is not available; choose one of {', '.join(TRANSPORTS)}")
-    cluster = ClusterSide(workspace.root, profile.tree, profile.executor)
-    return TRANSPORTS[profile.backend](workspace.root, cluster)
+    if profile.backend == "ssh":
+        return SshTransport(workspace)
+    if profile.backend != "local":
+        raise ConfigError(f"backend {profile.backend!r} is not available; choose local or ssh")
+    return LocalTransport(workspace.root, ClusterSide(workspace.root, profile.tree, profile.executor))

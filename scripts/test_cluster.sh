@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# A real single-node Slurm cluster with accounting, and an sshd on 127.0.0.1, for the integration tests.
+#
+#   sudo scripts/test_cluster.sh up       # install (Debian packages) and start everything; idempotent
+#   sudo scripts/test_cluster.sh status   # what runs
+#   sudo scripts/test_cluster.sh down     # stop every daemon it started
+#
+# Daemons: munged, mariadbd, slurmdbd, slurmctld, slurmd (partition "publicgpu"), and sshd on
+# 127.0.0.1:$HPCTRAIN_TEST_SSH_PORT (2222) for the non-root user $HPCTRAIN_TEST_USER (hpcuser), whose
+# home is the "cluster home". The client's key and a known_hosts holding the host key are written to
+# $STATE/client/; $STATE/env has the values tests read. Needs root and no systemd. Loopback only.
+set -euo pipefail
+
+STATE="${HPCTRAIN_TEST_CLUSTER:-/var/lib/hpctrain-test-cluster}"
+CLUSTER_USER="${HPCTRAIN_TEST_USER:-hpcuser}"
+SSH_PORT="${HPCTRAIN_TEST_SSH_PORT:-2222}"
+PACKAGES=(slurm-wlm slurmdbd munge openssh-server mariadb-server rsync procps)
+DB_PASSWORD_FILE="$STATE/db-password"
+
+log() { printf '== %s\n' "$*"; }
+
+wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...: poll until COMMAND succeeds
+    local deadline=$((SECONDS + $1)) what="$2"
+    shift 2
+    until "$@" >/dev/null 2>&1; do
+        if ((SECONDS >= deadline)); then
+            echo "test cluster: $what did not come up in time" >&2
+            return 1
+        fi
+        sleep 0.5
+    done
+}
+
+install_packages() {
+    local missing=()
+    for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+    if ((${#missing[@]})); then
+        log "installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+make_user() {
+    id "$CLUSTER_USER" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$CLUSTER_USER"
+    local home
+    home="$(getent passwd "$CLUSTER_USER" | cut -d: -f6)"
+    mkdir -p "$STATE/client" "$home/.ssh"
+    chmod 755 "$STATE" "$STATE/client"
+    [ -f "$STATE/client/id_ed25519" ] || ssh-keygen -q -t ed25519 -N "" -C hpctrain-test -f "$STATE/client/id_ed25519"
+    cp "$STATE/client/id_ed25519.pub" "$home/.ssh/authorized_keys"
+    chown -R "$CLUSTER_USER:" "$home/.ssh"
+    chmod 700 "$home/.ssh"
+    chmod 600 "$home/.ssh/authorized_keys"
+}
+
+start_munge() {
+    mkdir -p /run/munge && chown munge:munge /run/munge
+    pgrep -x munged >/dev/null || su -s /bin/sh munge -c "munged --force"
+    wait_for 20 munge sh -c "munge -n | unmunge"
+}
+
+start_mariadb() {
+    mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
+    if ! pgrep -x mariadbd >/dev/null && ! pgrep -x mysqld >/dev/null; then
+        [ -d /var/lib/mysql/mysql ] || mariadb-install-db --user=mysql >/dev/null
+        (mysqld_safe --bind-address=127.0.0.1 --skip-networking=0 >/dev/null 2>&1 &)
+    fi
+    wait_for 60 mariadb mysqladmin ping
+    [ -f "$DB_PASSWORD_FILE" ] || (umask 077 && head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$DB_PASSWORD_FILE")
+    local password
+    password="$(cat "$DB_PASSWORD_FILE")"
+    mysql -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
+              CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$password';
+              ALTER USER 'slurm'@'localhost' IDENTIFIED BY '$password';
+              GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
+}
+
+write_slurm_conf() {
+    local host cpus memory
+    host="$(hostname -s)"
+    cpus="$(nproc)"
+    memory=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 / 2 ))
+    mkdir -p /etc/slurm "$STATE/slurmctld" "$STATE/slurmd" "$STATE/log"
+    cat > /etc/slurm/slurm.conf <<EOF
+ClusterName=hpctrain
+SlurmctldHost=$host
+AuthType=auth/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+ReturnToService=2
+StateSaveLocation=$STATE/slurmctld
+SlurmdSpoolDir=$STATE/slurmd
+SlurmctldPidFile=$STATE/slurmctld.pid
+SlurmdPidFile=$STATE/slurmd.pid
+SlurmctldLogFile=$STATE/log/slurmctld.log
+SlurmdLogFile=$STATE/log/slurmd.log
+SlurmUser=root
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=5
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+MpiDefault=none
+MinJobAge=60
+KillWait=5
+NodeName=$host CPUs=$cpus RealMemory=$memory State=UNKNOWN
+PartitionName=publicgpu Nodes=$host Default=YES MaxTime=INFINITE State=UP
+EOF
+    (umask 077 && cat > /etc/slurm/slurmdbd.conf <<EOF
+AuthType=auth/munge
+DbdHost=localhost
+SlurmUser=root
+PidFile=$STATE/slurmdbd.pid
+LogFile=$STATE/log/slurmdbd.log
+StorageType=accounting_storage/mysql
+StorageHost=localhost
+StorageUser=slurm
+StoragePass=$(cat "$DB_PASSWORD_FILE")
+StorageLoc=slurm_acct_db
+EOF
+)
+}
+
+start_slurm() {
+    pgrep -x slurmdbd >/dev/null || slurmdbd
+    wait_for 60 slurmdbd sacctmgr -n list cluster
+    sacctmgr -i add cluster hpctrain >/dev/null 2>&1 || true
+    sacctmgr -i add account hpctrain Cluster=hpctrain >/dev/null 2>&1 || true
+    sacctmgr -i add user "$CLUSTER_USER" Account=hpctrain >/dev/null 2>&1 || true
+    pgrep -x slurmctld >/dev/null || slurmctld
+    wait_for 60 slurmctld scontrol ping
+    pgrep -x slurmd >/dev/null || slurmd
+    wait_for 60 "the slurm node" sh -c "sinfo -h -o %T | grep -qE '^(idle|mixed|allocated)'"
+}
+
+start_sshd() {
+    mkdir -p /run/sshd
+    ssh-keygen -A >/dev/null
+    if ! pgrep -f "sshd -p $SSH_PORT" >/dev/null; then
+        /usr/sbin/sshd -p "$SSH_PORT" -o ListenAddress=127.0.0.1 -o PasswordAuthentication=no \
+            -o KbdInteractiveAuthentication=no -o "AllowUsers=$CLUSTER_USER" -o PidFile="$STATE/sshd.pid"
+    fi
+    {
+        for type in ed25519 ecdsa rsa; do
+            [ -f "/etc/ssh/ssh_host_${type}_key.pub" ] &&
+                printf '[127.0.0.1]:%s %s\n' "$SSH_PORT" "$(cut -d' ' -f1,2 "/etc/ssh/ssh_host_${type}_key.pub")"
+        done
+    } > "$STATE/client/known_hosts"
+    chmod 644 "$STATE/client/known_hosts" "$STATE/client/id_ed25519.pub"
+    wait_for 30 sshd ssh -p "$SSH_PORT" -i "$STATE/client/id_ed25519" -o BatchMode=yes \
+        -o UserKnownHostsFile="$STATE/client/known_hosts" -o StrictHostKeyChecking=yes \
+        "$CLUSTER_USER@127.0.0.1" true
+}
+
+write_env() {
+    cat > "$STATE/env" <<EOF
+HPCTRAIN_TEST_HOST=127.0.0.1
+HPCTRAIN_TEST_SSH_PORT=$SSH_PORT
+HPCTRAIN_TEST_USER=$CLUSTER_USER
+HPCTRAIN_TEST_HOME=$(getent passwd "$CLUSTER_USER" | cut -d: -f6)
+HPCTRAIN_TEST_KEY=$STATE/client/id_ed25519
+HPCTRAIN_TEST_KNOWN_HOSTS=$STATE/client/known_hosts
+EOF
+    chmod 644 "$STATE/env"
+}
+
+up() {
+    [ "$(id -u)" = 0 ] || { echo "test cluster: run as root" >&2; exit 1; }
+    mkdir -p "$STATE"
+    install_packages
+    make_user
+    start_munge
+    start_mariadb
+    write_slurm_conf
+    start_slurm
+    start_sshd
+    write_env
+    log "test cluster up: $(sinfo -h -o '%P %T %c CPUs') | ssh $CLUSTER_USER@127.0.0.1 -p $SSH_PORT"
+}
+
+down() {
+    for daemon in slurmd slurmctld slurmdbd; do pkill -x "$daemon" || true; done
+    [ -f "$STATE/sshd.pid" ] && kill "$(cat "$STATE/sshd.pid")" 2>/dev/null || true
+    mysqladmin shutdown 2>/dev/null || true
+    pkill -x munged || true
+    log "test cluster stopped"
+}
+
+status() {
+    for daemon in munged mariadbd slurmdbd slurmctld slurmd; do
+        printf '%-10s %s\n' "$daemon" "$(pgrep -x "$daemon" >/dev/null && echo running || echo stopped)"
+    done
+    printf '%-10s %s\n' sshd "$(pgrep -f "sshd -p $SSH_PORT" >/dev/null && echo running || echo stopped)"
+}
+
+case "${1:-}" in
+    up) up ;;
+    down) down ;;
+    status) status ;;
+    *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac
