@@ -76,7 +76,10 @@ def main(ctx, workspace, profile, template_dir, traceback):
 
 @main.command()
 @click.argument("directory", default=".", type=click.Path(file_okay=False))
-def init(directory):
+@click.option("--accept-host-key", metavar="SHA256:...",
+              help="Trust the cluster's SSH host key if, and only if, it has this fingerprint.")
+@click.pass_context
+def init(ctx, directory, accept_host_key):
     """Create a workspace (and the cluster tree of its default profile).
 
     \b
@@ -86,11 +89,14 @@ def init(directory):
     Creates hpctrain.yaml, ground_truth/, models/base/, models/finetuned/,
     projects/ and templates/, and the cluster-side tree (Ground_Truth/,
     GT_compile/, Model_de_base/, Scripts/, Repertoire_model_finetune/).
-    Existing files are never overwritten.
+    Existing files are never overwritten. With an ssh profile, an unknown
+    host key is refused with its fingerprint; after checking it, accept it:
+      hpctrain --profile mycluster init --accept-host-key SHA256:...
     """
     from .client import init_workspace
 
-    result = init_workspace(Path(directory))
+    options = ctx.find_root().params
+    result = init_workspace(Path(directory), accept_host_key, {"profile": options.get("profile")})
     for item in result.created:
         click.echo(f"created {item}")
     for item in result.cluster_created:

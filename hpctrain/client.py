@@ -32,8 +32,12 @@ class InitResult:
     cluster_created: list[str]
 
 
-def init_workspace(path: Path) -> InitResult:
-    """Create (or complete) a workspace and the cluster tree of its default profile. Never overwrites."""
+def init_workspace(path: Path, accept_host_key: str | None = None, flags: dict | None = None) -> InitResult:
+    """Create (or complete) a workspace and the cluster tree of its active profile. Never overwrites.
+
+    `accept_host_key` (an SSH fingerprint the user has checked) adds the cluster's host key to
+    known_hosts, only if the server presents exactly that key.
+    """
     from .config import load_workspace
 
     path = Path(path).resolve()
@@ -49,8 +53,14 @@ def init_workspace(path: Path) -> InitResult:
     if not config.exists():
         _write_new(config, render(WORKSPACE_TEMPLATE, {}, [packaged_template_dir()]))
         created.append(WORKSPACE_FILE)
-    workspace = load_workspace(path)
+    workspace = load_workspace(path, flags)
     with connect(workspace) as transport:
+        if accept_host_key:
+            from .ssh import accept_host_key as accept
+
+            if workspace.profile.backend != "ssh":
+                raise ConfigError("--accept-host-key is for a profile with backend ssh")
+            accept(transport.target, accept_host_key)
         cluster_created = transport.ensure_tree(workspace.profile.tree)
         cluster_root = transport.root
     return InitResult(path, created, cluster_root, cluster_created)

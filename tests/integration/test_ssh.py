@@ -1,0 +1,154 @@
+"""The SSH transport against the real sshd on 127.0.0.1 that scripts/test_cluster.sh starts.
+
+As the non-root test user, with its key and strict host-key checking; nothing is faked.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import Cli, sample_gt, tree_snapshot
+
+pytestmark = pytest.mark.integration
+ENV_FILE = Path(os.environ.get("HPCTRAIN_TEST_CLUSTER", "/var/lib/hpctrain-test-cluster")) / "env"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> dict:
+    if not ENV_FILE.is_file():
+        pytest.fail(f"{ENV_FILE} missing: start the test cluster with 'sudo scripts/test_cluster.sh up'")
+    return dict(line.split("=", 1) for line in ENV_FILE.read_text().split())
+
+
+@pytest.fixture
+def remote_root(cluster):
+    name = f"hpctrain-test-{uuid.uuid4().hex[:8]}"
+    path = Path(cluster["HPCTRAIN_TEST_HOME"]) / name
+    yield name, path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def ssh_workspace(tmp_path, cluster, root_name, known_hosts=None, key=None, port=None) -> Path:
+    from click.testing import CliRunner
+
+    from hpctrain.cli import main
+
+    ws = tmp_path / "ssh-ws"
+    assert CliRunner().invoke(main, ["init", str(ws)]).exit_code == 0
+    if known_hosts is None:
+        known_hosts = tmp_path / "known_hosts"
+        shutil.copy(cluster["HPCTRAIN_TEST_KNOWN_HOSTS"], known_hosts)
+    config = ws / "hpctrain.yaml"
+    config.write_text(config.read_text().replace("profile: local", "profile: test") + f"""
+  test:
+    backend: ssh
+    host: {cluster['HPCTRAIN_TEST_HOST']}
+    port: {port or cluster['HPCTRAIN_TEST_SSH_PORT']}
+    user: {cluster['HPCTRAIN_TEST_USER']}
+    identity_file: {key or cluster['HPCTRAIN_TEST_KEY']}
+    known_hosts: {known_hosts}
+    root: {root_name}
+""")
+    return ws
+
+
+def one_line_error(result, *fragments):
+    assert result.exit_code != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("hpctrain: error: ") and "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in last, last
+    return last
+
+
+def test_init_push_fetch_over_sftp(tmp_path, cluster, remote_root):
+    name, remote = remote_root
+    ws = ssh_workspace(tmp_path, cluster, name)
+    cli = Cli(ws)
+    result = cli("init", str(ws))
+    assert result.exit_code == 0, result.output
+    assert "created cluster folder Ground_Truth/" in result.stdout
+    owner = pwd.getpwuid((remote / "Ground_Truth").stat().st_uid).pw_name
+    assert owner == cluster["HPCTRAIN_TEST_USER"], "created through sshd as the non-root user"
+
+    cli("project", "new", "Demo")
+    sample_gt.generate(ws / "ground_truth" / "Demo", pages=12, lines=2)
+    first = cli("push", "Demo", "--json")
+    assert first.exit_code == 0, first.output
+    assert len(json.loads(first.stdout)["sent"]) == 24
+    local_page = ws / "ground_truth" / "Demo" / "page007.xml"
+    remote_page = remote / "Ground_Truth" / "Demo" / "page007.xml"
+    assert remote_page.read_bytes() == local_page.read_bytes()
+    assert int(remote_page.stat().st_mtime) == int(local_page.stat().st_mtime)
+    assert not list(remote.rglob("*.hpctrain-part"))
+
+    assert json.loads(cli("push", "Demo", "--json").stdout)["unchanged"] == 24
+    local_page.write_text(local_page.read_text().replace("<Creator>", "<Creator>v2 "))
+    again = json.loads(cli("push", "Demo", "--json").stdout)
+    assert again["sent"] == ["Ground_Truth/Demo/page007.xml"]
+    assert remote_page.read_bytes() == local_page.read_bytes()
+
+    model = tmp_path / "base.mlmodel"
+    model.write_bytes(os.urandom(4096))
+    assert cli("models", "push", str(model), "--name", "base_v1").exit_code == 0
+    assert (remote / "Model_de_base" / "base_v1.mlmodel").read_bytes() == model.read_bytes()
+
+
+def test_unknown_host_key_is_refused_with_its_fingerprint_then_accepted(tmp_path, cluster, remote_root):
+    name, remote = remote_root
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    ws = ssh_workspace(tmp_path, cluster, name, known_hosts=empty)
+    cli = Cli(ws)
+    cli("project", "new", "Demo")
+    sample_gt.generate(ws / "ground_truth" / "Demo", pages=10, lines=1)
+    before = tree_snapshot(ws)
+    line = one_line_error(cli("push", "Demo"), "unknown host key for [127.0.0.1]:",
+                          "hpctrain init --accept-host-key SHA256:")
+    assert not remote.exists() and tree_snapshot(ws) == before and empty.read_text() == ""
+    fingerprint = line.rsplit(" ", 1)[-1]
+
+    wrong = one_line_error(cli("init", str(ws), "--accept-host-key", "SHA256:not-the-key"), "not accepted")
+    assert "SHA256:not-the-key" in wrong and empty.read_text() == ""
+    accepted = cli("init", str(ws), "--accept-host-key", fingerprint)
+    assert accepted.exit_code == 0, accepted.output
+    assert empty.read_text().startswith(f"[127.0.0.1]:{cluster['HPCTRAIN_TEST_SSH_PORT']} ")
+    assert (remote / "Ground_Truth").is_dir()
+
+
+def test_changed_host_key_is_refused_always(tmp_path, cluster, remote_root):
+    name, remote = remote_root
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "impostor")], check=True)
+    impostor = (tmp_path / "impostor.pub").read_text().split()[:2]
+    known = tmp_path / "changed_known_hosts"
+    known.write_text(f"[127.0.0.1]:{cluster['HPCTRAIN_TEST_SSH_PORT']} {' '.join(impostor)}\n")
+    ws = ssh_workspace(tmp_path, cluster, name, known_hosts=known)
+    one_line_error(Cli(ws)("init", str(ws)), "has CHANGED", "ssh-keygen -R")
+    assert not remote.exists()
+
+
+def test_authentication_refused(tmp_path, cluster, remote_root):
+    name, remote = remote_root
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "stranger")], check=True)
+    ws = ssh_workspace(tmp_path, cluster, name, key=tmp_path / "stranger")
+    one_line_error(Cli(ws)("init", str(ws)), "authentication refused", cluster["HPCTRAIN_TEST_USER"])
+    assert not remote.exists()
+
+
+def test_host_unreachable(tmp_path, cluster, remote_root):
+    name, _ = remote_root
+    ws = ssh_workspace(tmp_path, cluster, name, port=1)
+    one_line_error(Cli(ws)("init", str(ws)), "cannot reach 127.0.0.1:1")
+
+
+def test_job_commands_over_ssh_say_what_is_missing(tmp_path, cluster, remote_root):
+    name, _ = remote_root
+    ws = ssh_workspace(tmp_path, cluster, name)
+    one_line_error(Cli(ws)("status"), "need the cluster-side hpctrain")
