@@ -188,11 +188,12 @@ class ClusterSide:
         with self.registry() as registry:
             records = [registry.get(i) for i in job_ids] if job_ids else registry.all(project)
             live = [r for r in records if not r.state.final and r.scheduler_id]
-            alive = scheduler_for(self.executor, self.root).alive([r.scheduler_id for r in live]) if live else {}
+            live_states = (scheduler_for(self.executor, self.root).states([r.scheduler_id for r in live])
+                           if live else {})
             rows = []
             for record in records:
                 progress = events.summarize(events.read(self.root / record.job_dir / EVENTS))
-                state = self._state(record, progress, alive.get(record.scheduler_id))
+                state = self._state(record, progress, live_states.get(record.scheduler_id))
                 if state != record.state:
                     registry.update(record.id, state=state)
                 rows.append(_row(record, state, progress))
@@ -204,6 +205,8 @@ class ClusterSide:
             return record.state
         if progress.state in ("COMPLETED", "FAILED"):
             return JobState(progress.state)
+        if scheduler_state is not None and scheduler_state != JobState.RUNNING:
+            return scheduler_state  # Slurm knows: PENDING, CANCELLED, TIMEOUT, FAILED before the runner started
         if scheduler_state is not None:
             return JobState.RUNNING if progress.state == "RUNNING" else JobState.PENDING
         if record.state == JobState.SUBMITTING:

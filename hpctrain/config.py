@@ -17,7 +17,7 @@ WORKSPACE_FILE = "hpctrain.yaml"
 WORKSPACE_DIRS = ("ground_truth", "models/base", "models/finetuned", "projects", "templates")
 EMBEDDED_PROFILE = "local"
 BACKENDS = ("local", "ssh")
-EXECUTORS = ("local",)
+EXECUTORS = ("local", "slurm")
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class Profile:
     name: str = EMBEDDED_PROFILE
     backend: str = "local"          # where the cluster side runs: local directory (ssh comes later)
     root: str = "cluster"           # cluster root; relative paths are relative to the workspace
-    executor: str = "local"         # how jobs are scheduled: submitit's local executor (slurm later)
+    executor: str = "local"         # how jobs are scheduled: submitit's local executor, or slurm
     device: str = "auto"            # auto = cuda:0 when the job asks for GPUs, else cpu
     kraken_version: str = "auto"    # auto = the kraken installed beside hpctrain
     modules: tuple[str, ...] = ()   # `module load` these before running ketos

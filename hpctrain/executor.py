@@ -32,7 +32,7 @@ class Scheduler(Protocol):
 
     def submit(self, job_dir: Path, time_limit: str) -> str: ...
 
-    def alive(self, scheduler_ids: list[str]) -> dict[str, JobState | None]: ...
+    def states(self, scheduler_ids: list[str]) -> dict[str, JobState | None]: ...
 
     def cancel(self, scheduler_id: str, job_dir: Path) -> None: ...
 
@@ -76,7 +76,8 @@ class LocalScheduler:
             raise SchedulerError(f"local submission failed: {e}") from e
         return str(job.job_id)
 
-    def alive(self, scheduler_ids: list[str]) -> dict[str, JobState | None]:
+    def states(self, scheduler_ids: list[str]) -> dict[str, JobState | None]:
+        """RUNNING while the job's process lives; None once it is gone (its events tell the rest)."""
         return {sid: (JobState.RUNNING if sid.isdigit() and _process_alive(int(sid)) else None)
                 for sid in scheduler_ids}
 
@@ -96,7 +97,104 @@ class LocalScheduler:
                 pass
 
 
-SCHEDULERS = {"local": LocalScheduler}
+# Slurm's job states (sacct) onto hpctrain's; a requeued or preempted job waits again.
+SLURM_STATES = {
+    "PENDING": JobState.PENDING, "REQUEUED": JobState.PENDING, "REQUEUE_HOLD": JobState.PENDING,
+    "REQUEUE_FED": JobState.PENDING, "PREEMPTED": JobState.PENDING, "RESV_DEL_HOLD": JobState.PENDING,
+    "CONFIGURING": JobState.PENDING, "RUNNING": JobState.RUNNING, "COMPLETING": JobState.RUNNING,
+    "SUSPENDED": JobState.RUNNING, "STOPPED": JobState.RUNNING, "SIGNALING": JobState.RUNNING,
+    "STAGE_OUT": JobState.RUNNING, "RESIZING": JobState.RUNNING, "COMPLETED": JobState.COMPLETED,
+    "FAILED": JobState.FAILED, "NODE_FAIL": JobState.FAILED, "OUT_OF_MEMORY": JobState.FAILED,
+    "BOOT_FAIL": JobState.FAILED, "DEADLINE": JobState.TIMEOUT, "TIMEOUT": JobState.TIMEOUT,
+    "CANCELLED": JobState.CANCELLED, "REVOKED": JobState.CANCELLED,
+}
+
+
+def _run(argv: list[str], what: str) -> str:
+    import subprocess
+
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise SchedulerError(f"{argv[0]} not found on this machine: is Slurm installed here "
+                             "(or does it need 'module load slurm')?") from None
+    except subprocess.TimeoutExpired:
+        raise SchedulerError(f"{what} timed out after 60 s: is the Slurm controller up?") from None
+    if done.returncode:
+        message = " ".join(done.stderr.split()) or f"exit code {done.returncode}"
+        raise SchedulerError(f"{what} failed: {message}")
+    return done.stdout
+
+
+def directives(script: str) -> list[str]:
+    return [line for line in script.splitlines() if line.startswith("#SBATCH ")]
+
+
+def _directive_key(line: str) -> str:
+    return line.split()[1].split("=")[0]
+
+
+class SlurmScheduler:
+    """submitit's SlurmExecutor; the submission file carries the rendered script's #SBATCH directives."""
+
+    name = "slurm"
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def submit(self, job_dir: Path, time_limit: str) -> str:
+        import submitit
+
+        from .runner import SCRIPT, JobRunner
+
+        ours = directives((job_dir / SCRIPT).read_text())
+
+        class Executor(submitit.SlurmExecutor):
+            def _make_submission_file_text(self, command: str, uid: str) -> str:
+                text = super()._make_submission_file_text(command, uid)
+                keys = {_directive_key(line) for line in ours}
+                lines = text.splitlines()
+                theirs = [l for l in lines if l.startswith("#SBATCH ") and _directive_key(l) not in keys]
+                body = [l for l in lines if not l.startswith(("#SBATCH ", "#!"))]
+                return "\n".join(["#!/bin/bash", *ours, *theirs, *body]) + "\n"
+
+        executor = Executor(folder=job_dir / "submitit")
+        executor.update_parameters(time=max(1, int(time_to_minutes(time_limit))), signal_delay_s=120)
+        try:
+            job = executor.submit(JobRunner(str(job_dir)))
+        except FileNotFoundError:
+            raise SchedulerError("sbatch not found on this machine: is Slurm installed here "
+                                 "(or does it need 'module load slurm')?") from None
+        except Exception as e:  # submitit wraps sbatch's refusal in a bare exception
+            message = " ".join(str(e).split())
+            detail = message.split("error:", 1)[-1].strip() if "error:" in message else message[-300:]
+            raise SchedulerError(f"sbatch refused the job: {detail}") from e
+        return str(job.job_id)
+
+    def states(self, scheduler_ids: list[str]) -> dict[str, JobState | None]:
+        """One sacct call for all the jobs, whatever their number."""
+        out = _run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(scheduler_ids)],
+                   "sacct (job states)")
+        found: dict[str, JobState | None] = {sid: None for sid in scheduler_ids}
+        self._read_states(out, found)
+        missing = [sid for sid, state in found.items() if state is None]
+        if missing:  # accounting lags a fresh submission; the controller already knows it
+            out = _run(["squeue", "-h", "--me", "-o", "%i|%T"], "squeue (job states)")
+            self._read_states(out, found)
+        return found
+
+    @staticmethod
+    def _read_states(out: str, found: dict) -> None:
+        for line in out.splitlines():
+            job_id, _, state = line.strip().partition("|")
+            if job_id in found:
+                found[job_id] = SLURM_STATES.get(state.split()[0] if state else "", JobState.UNKNOWN)
+
+    def cancel(self, scheduler_id: str, job_dir: Path) -> None:
+        _run(["scancel", scheduler_id], "scancel")
+
+
+SCHEDULERS = {"local": LocalScheduler, "slurm": SlurmScheduler}
 
 
 def scheduler_for(name: str, root: Path) -> Scheduler:

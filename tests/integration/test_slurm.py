@@ -1,0 +1,102 @@
+"""The Slurm executor on the login node: real sbatch, sacct and scancel of scripts/test_cluster.sh's cluster."""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from conftest import ROOT, set_project, tree_snapshot
+
+pytestmark = pytest.mark.integration
+pytest.importorskip("kraken")
+
+
+@pytest.fixture
+def slurm_project(cli, workspace, demo_project):
+    if subprocess.run(["scontrol", "ping"], capture_output=True).returncode:
+        pytest.fail("slurmctld is not running: start the test cluster with 'sudo scripts/test_cluster.sh up'")
+    config = workspace / "hpctrain.yaml"
+    config.write_text(config.read_text().replace("executor: local", "executor: slurm"))
+    set_project(workspace, "Demo", transcription={"early_stopping": False, "epochs": 3},
+                resources={"cpus": 2, "time": "00:20:00", "partition": "publicgpu"})
+    assert cli("push", "Demo").exit_code == 0
+    return "Demo"
+
+
+def states_until_final(cli, job, timeout=900) -> list[str]:
+    seen, deadline = [], time.monotonic() + timeout
+    while True:
+        row = json.loads(cli("status", str(job), "--json").stdout)[0]
+        if not seen or seen[-1] != row["state"]:
+            seen.append(row["state"])
+        if row["state"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
+            return seen
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.3)
+
+
+def sacct_state(slurm_id: str) -> str:
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", slurm_id], capture_output=True, text=True)
+    return out.stdout.strip().split()[0] if out.stdout.strip() else ""
+
+
+def test_transcription_runs_under_slurm(cli, workspace, slurm_project):
+    result = cli("submit", "transcription", "Demo", "--no-base", "--json")
+    assert result.exit_code == 0, result.output
+    job = json.loads(result.stdout)["job"]
+    seen = states_until_final(cli, job["id"])
+    assert seen[-1] == "COMPLETED", seen
+    assert set(seen) <= {"PENDING", "RUNNING", "COMPLETED"} and "RUNNING" in seen
+    row = json.loads(cli("status", str(job["id"]), "--json").stdout)[0]
+    assert row["epoch"] == 3 and "char_accuracy" in row["test"]
+    deadline = time.monotonic() + 60
+    while sacct_state(job["scheduler_id"]) != "COMPLETED":  # accounting may lag the job's end
+        assert time.monotonic() < deadline, sacct_state(job["scheduler_id"])
+        time.sleep(0.5)
+    submission = next((workspace / "cluster" / job["job_dir"] / "submitit").glob("*_submission.sh")).read_text()
+    assert "#SBATCH --job-name=hpctrain-Demo-transcription-1" in submission
+    assert "#SBATCH --partition=publicgpu" in submission and "#SBATCH --cpus-per-task=2" in submission
+    assert "submitit.core._submit" in submission
+
+
+def test_cancel_under_slurm(cli, workspace, slurm_project):
+    set_project(workspace, "Demo", transcription={"epochs": 500})
+    job = json.loads(cli("submit", "transcription", "Demo", "--no-base", "--json").stdout)["job"]
+    deadline = time.monotonic() + 120
+    while json.loads(cli("status", str(job["id"]), "--json").stdout)[0]["state"] != "RUNNING":
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    assert "CANCELLED" in cli("cancel", str(job["id"])).stdout
+    deadline = time.monotonic() + 60
+    while not sacct_state(job["scheduler_id"]).startswith("CANCELLED"):
+        assert time.monotonic() < deadline, sacct_state(job["scheduler_id"])
+        time.sleep(0.5)
+    assert json.loads(cli("status", str(job["id"]), "--json").stdout)[0]["state"] == "CANCELLED"
+
+
+def test_invalid_partition_is_refused_and_nothing_is_registered(cli, workspace, slurm_project):
+    result = cli("submit", "transcription", "Demo", "--no-base", "--partition", "nosuchpartition")
+    assert result.exit_code != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("hpctrain: error: sbatch refused the job") and "partition" in last.lower()
+    assert cli("status").stdout.startswith("no jobs yet")
+    assert not list((workspace / "cluster" / "Repertoire_model_finetune").rglob("job.sh"))
+
+
+def test_slurmctld_down_is_a_clear_error_and_loses_nothing(cli, workspace, slurm_project):
+    before = tree_snapshot(workspace / "cluster" / "Ground_Truth")
+    subprocess.run(["pkill", "-x", "slurmctld"], check=True)
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run(["scontrol", "ping"], capture_output=True).returncode == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        result = cli("submit", "transcription", "Demo", "--no-base", "--time", "00:05:00")
+        assert result.exit_code != 0
+        assert result.stderr.strip().splitlines()[-1].startswith("hpctrain: error: sbatch refused the job")
+        assert cli("status").stdout.startswith("no jobs yet")
+    finally:
+        subprocess.run(["bash", str(ROOT / "scripts" / "test_cluster.sh"), "up"], check=True, capture_output=True)
+    assert tree_snapshot(workspace / "cluster" / "Ground_Truth") == before
