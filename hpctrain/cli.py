@@ -104,6 +104,48 @@ def init(ctx, directory, accept_host_key):
     click.echo(f"workspace ready in {result.workspace} (cluster root: {result.cluster_root})")
 
 
+@main.command()
+@click.option("--force", is_flag=True, help="Reinstall even when the cluster already has this version.")
+@json_option
+@click.pass_context
+def setup(ctx, force, as_json):
+    """Install the cluster-side hpctrain, at exactly this version, into ~/.hpctrain/venv on the cluster.
+
+    \b
+    Example:
+      hpctrain --profile mycluster setup
+
+    Wheels are gathered here and uploaded, so the cluster needs no internet.
+    Job commands refuse to run while the two versions differ.
+    """
+    from .client import setup_cluster
+
+    progress = (lambda name: click.echo(f"uploaded {name}", err=True)) if not as_json and sys.stderr.isatty() \
+        else None
+    result = setup_cluster(_workspace(ctx), force=force, progress=progress)
+    if as_json:
+        _print_json({"version": result.version, "previous": result.previous, "python": result.python,
+                     "wheels": result.wheels, "changed": result.changed})
+    elif not result.changed:
+        click.echo(f"the cluster already runs hpctrain {result.version}")
+    else:
+        click.echo(f"installed hpctrain {result.version} on the cluster (Python {result.python}, "
+                   f"{len(result.wheels)} wheels; was {result.previous or 'not installed'})")
+
+
+@main.command("cluster-call", hidden=True)
+def cluster_call():
+    """The cluster side of a job command: one JSON request on stdin, one JSON answer on stdout.
+
+    \b
+    Example (what the laptop runs over SSH):
+      echo '{"version": "0.1.0", "op": "status", ...}' | ~/.hpctrain/venv/bin/hpctrain cluster-call
+    """
+    from .remote import serve
+
+    click.echo(json.dumps(serve(sys.stdin.read()), default=str))
+
+
 @main.group()
 def project():
     """Project files (projects/NAME.yaml).

@@ -78,6 +78,16 @@ def _write_new(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def setup_cluster(workspace: Workspace, force: bool = False, progress=None):
+    from .install import setup
+
+    if workspace.profile.backend != "ssh":
+        raise ConfigError(f"profile {workspace.profile.name!r} is local: hpctrain runs here already, "
+                          "nothing to set up (use --profile NAME for an ssh profile)")
+    with connect(workspace) as transport:
+        return setup(transport, force=force, progress=progress)
+
+
 def new_project(workspace: Workspace, name: str, ground_truth: str | None = None) -> Path:
     """Write projects/NAME.yaml from the documented example; refuses to overwrite."""
     path = workspace.project_file(name)

@@ -203,11 +203,14 @@ class Connection:
             self._sftp = self.client().open_sftp()
         return self._sftp
 
-    def run(self, argv: list[str], timeout: float | None = None) -> tuple[int, str, str]:
+    def run(self, argv: list[str], input: str | None = None, timeout: float | None = None) -> tuple[int, str, str]:
         """Run a command (every argument quoted) and return (exit code, stdout, stderr)."""
         command = " ".join(shlex.quote(str(a)) for a in argv)
         try:
-            _in, out, err = self.client().exec_command(command, timeout=timeout)
+            stdin, out, err = self.client().exec_command(command, timeout=timeout)
+            if input is not None:
+                stdin.write(input.encode("utf-8"))
+            stdin.channel.shutdown_write()
             stdout = out.read().decode("utf-8", errors="replace")
             stderr = err.read().decode("utf-8", errors="replace")
             return out.channel.recv_exit_status(), stdout, stderr

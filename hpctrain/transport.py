@@ -101,6 +101,7 @@ class SshTransport:
         self.target = resolve_target(profile.host, profile.user, profile.port, profile.identity_file,
                                      profile.known_hosts)
         self.connection = Connection(self.target)
+        self.profile = profile
         self._root_setting = profile.root
         self._root: str | None = None
 
@@ -115,13 +116,22 @@ class SshTransport:
                 self.connection.sftp().normalize(".")) / root)
         return self._root
 
+    def home(self) -> str:
+        return self.connection.sftp().normalize(".")
+
+    def put_absolute(self, local: Path, remote: str) -> None:
+        """Upload to an absolute remote path (setup's wheels), atomically."""
+        self._upload(local, PurePosixPath(remote))
+
     def _remote(self, rel: str) -> str:
         return str(PurePosixPath(self.root) / _safe_rel(rel))
 
     @property
     def cluster(self):
-        raise TransportError("job commands over SSH need the cluster-side hpctrain, which this version cannot "
-                             "install yet; run them on the login node")
+        """Job commands run the cluster-side `hpctrain cluster-call` (installed by `hpctrain setup`)."""
+        from .remote import RemoteCluster
+
+        return RemoteCluster(self.connection, self.root, self.profile.tree, self.profile.executor)
 
     def _mkdirs(self, folder: PurePosixPath) -> list[str]:
         sftp, created, missing = self.connection.sftp(), [], []
@@ -153,8 +163,10 @@ class SshTransport:
 
     def put(self, local: Path, rel: str) -> None:
         """Upload under a temporary name, set the mtime, then rename over the final name."""
+        self._upload(local, PurePosixPath(self._remote(rel)))
+
+    def _upload(self, local: Path, target: PurePosixPath) -> None:
         sftp = self.connection.sftp()
-        target = PurePosixPath(self._remote(rel))
         self._mkdirs(target.parent)
         tmp = str(target.with_name(f".{target.name}.hpctrain-part"))
         st = local.stat()

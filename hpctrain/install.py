@@ -1,0 +1,95 @@
+"""`hpctrain setup`: install the cluster-side hpctrain, at exactly this version, into ~/.hpctrain/venv.
+
+Wheels are gathered on this computer (this package built from its source checkout, or
+downloaded at the same version, plus its dependencies for the cluster's Python and platform),
+uploaded over SFTP and installed with `pip --no-index`, so the cluster needs no internet.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .errors import HpctrainError, TransportError
+from .remote import REMOTE_HOME, REMOTE_HPCTRAIN
+
+# What the cluster side imports; paramiko is for the laptop only.
+CLUSTER_REQUIREMENTS = ("click>=8.1", "jinja2>=3.1", "submitit>=1.5", "pyyaml>=6", "tabulate>=0.9")
+PROBE = ("import json, sys, sysconfig; print(json.dumps({'python': '%d.%d' % sys.version_info[:2], "
+         "'platform': sysconfig.get_platform()}))")
+
+
+@dataclass
+class SetupResult:
+    version: str
+    previous: str | None
+    python: str
+    wheels: list[str] = field(default_factory=list)
+    changed: bool = True
+
+
+def remote_version(connection) -> str | None:
+    code, out, _err = connection.run([REMOTE_HPCTRAIN, "--version"])
+    return out.split()[-1] if code == 0 and out.split() else None
+
+
+def _pip(args: list[str], what: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "pip", *args, "--disable-pip-version-check", "-q"],
+                          capture_output=True, text=True)
+    if done.returncode:
+        lines = [l for l in done.stderr.splitlines() if l.strip() and not l.startswith("WARNING")]
+        raise HpctrainError(f"{what} failed: {(lines or ['pip error'])[-1].strip()}")
+
+
+def _source_checkout() -> Path | None:
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "setup.cfg").is_file() and (root / "hpctrain").is_dir() else None
+
+
+def gather_wheels(folder: Path, python: str, platform: str) -> list[Path]:
+    source = _source_checkout()
+    if source:
+        _pip(["wheel", "--no-deps", "-w", str(folder), str(source)], "building the hpctrain wheel")
+    else:
+        _pip(["download", "--no-deps", "-d", str(folder), f"hpctrain=={__version__}"], "downloading hpctrain")
+    machine = platform.rsplit("-", 1)[-1]
+    platforms = [f"manylinux2014_{machine}", f"manylinux_2_28_{machine}", f"manylinux_2_17_{machine}"]
+    _pip(["download", "--only-binary=:all:", "--python-version", python, *sum((["--platform", p] for p in platforms),
+                                                                              []),
+          "-d", str(folder), *CLUSTER_REQUIREMENTS], "downloading the cluster-side dependencies")
+    return sorted(folder.glob("*.whl"))
+
+
+def setup(transport, force: bool = False, progress=None) -> SetupResult:
+    """Install (or upgrade) the cluster-side hpctrain; a no-op when the same version is there."""
+    connection = transport.connection
+    previous = remote_version(connection)
+    code, out, err = connection.run(["python3", "-c", PROBE])
+    if code:
+        raise TransportError("python3 not found on the cluster: load a Python module in your shell profile")
+    probe = json.loads(out)
+    if previous == __version__ and not force:
+        return SetupResult(__version__, previous, probe["python"], changed=False)
+    with tempfile.TemporaryDirectory(prefix="hpctrain-wheels-") as tmp:
+        wheels = gather_wheels(Path(tmp), probe["python"], probe["platform"])
+        home = transport.home()
+        for wheel in wheels:
+            transport.put_absolute(wheel, f"{home}/{REMOTE_HOME}/wheels/{wheel.name}")
+            if progress:
+                progress(wheel.name)
+        steps = [["python3", "-m", "venv", f"{home}/{REMOTE_HOME}/venv"],
+                 [f"{home}/{REMOTE_HOME}/venv/bin/pip", "install", "--no-index", "--disable-pip-version-check", "-q",
+                  "--find-links", f"{home}/{REMOTE_HOME}/wheels", "--force-reinstall", "--no-deps",
+                  *[f"{home}/{REMOTE_HOME}/wheels/{w.name}" for w in wheels]]]
+        for step in steps:
+            code, _out, err = connection.run(step)
+            if code:
+                raise TransportError(f"cluster-side install failed: {(err.strip().splitlines() or ['?'])[-1]}")
+    installed = remote_version(connection)
+    if installed != __version__:
+        raise TransportError(f"after setup the cluster reports hpctrain {installed}, expected {__version__}")
+    return SetupResult(__version__, previous, probe["python"], [w.name for w in wheels])
