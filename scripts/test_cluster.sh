@@ -8,12 +8,14 @@
 # Daemons: munged, mariadbd, slurmdbd, slurmctld, slurmd (partition "publicgpu"), and sshd on
 # 127.0.0.1:$HPCTRAIN_TEST_SSH_PORT (2222) for the non-root user $HPCTRAIN_TEST_USER (hpcuser), whose
 # home is the "cluster home". The client's key and a known_hosts holding the host key are written to
-# $STATE/client/; $STATE/env has the values tests read. Needs root and no systemd. Loopback only.
+# $STATE/client/; $STATE/env has the values tests read. The jobs' kraken lives in a venv
+# ($HPCTRAIN_TEST_KRAKEN_VENV, /opt/hpctrain-test-kraken), as a site's `module load kraken` would give it. Needs root and no systemd. Loopback only.
 set -euo pipefail
 
 STATE="${HPCTRAIN_TEST_CLUSTER:-/var/lib/hpctrain-test-cluster}"
 CLUSTER_USER="${HPCTRAIN_TEST_USER:-hpcuser}"
 SSH_PORT="${HPCTRAIN_TEST_SSH_PORT:-2222}"
+KRAKEN_VENV="${HPCTRAIN_TEST_KRAKEN_VENV:-/opt/hpctrain-test-kraken}"
 PACKAGES=(slurm-wlm slurmdbd munge openssh-server mariadb-server rsync procps)
 DB_PASSWORD_FILE="$STATE/db-password"
 
@@ -155,6 +157,18 @@ start_sshd() {
         "$CLUSTER_USER@127.0.0.1" true
 }
 
+make_kraken_venv() {
+    # The cluster's own kraken (what `module load kraken` gives on a real cluster), for the test user's jobs.
+    if [ ! -x "$KRAKEN_VENV/bin/ketos" ]; then
+        log "installing kraken for the cluster's jobs into $KRAKEN_VENV"
+        /usr/bin/python3 -m venv "$KRAKEN_VENV"
+        "$KRAKEN_VENV/bin/pip" install -q --disable-pip-version-check "torch==2.13.0" "kraken>=7.1,<7.2" 2>&1 \
+            | grep -v "^WARNING: Location" || true
+    fi
+    "$KRAKEN_VENV/bin/python" "$(dirname "$0")/dev_fix_torchvision.py" >/dev/null
+    chmod -R a+rX "$KRAKEN_VENV"
+}
+
 write_env() {
     cat > "$STATE/env" <<EOF
 HPCTRAIN_TEST_HOST=127.0.0.1
@@ -163,6 +177,7 @@ HPCTRAIN_TEST_USER=$CLUSTER_USER
 HPCTRAIN_TEST_HOME=$(getent passwd "$CLUSTER_USER" | cut -d: -f6)
 HPCTRAIN_TEST_KEY=$STATE/client/id_ed25519
 HPCTRAIN_TEST_KNOWN_HOSTS=$STATE/client/known_hosts
+HPCTRAIN_TEST_KRAKEN_VENV=$KRAKEN_VENV
 EOF
     chmod 644 "$STATE/env"
 }
@@ -177,6 +192,7 @@ up() {
     write_slurm_conf
     start_slurm
     start_sshd
+    make_kraken_venv
     write_env
     log "test cluster up: $(sinfo -h -o '%P %T %c CPUs') | ssh $CLUSTER_USER@127.0.0.1 -p $SSH_PORT"
 }
