@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
+import uuid
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,22 @@ def demo_project(workspace, cli) -> str:
     assert cli("project", "new", "Demo").exit_code == 0
     sample_gt.generate(workspace / "ground_truth" / "Demo", pages=12, lines=4)
     return "Demo"
+
+
+# -- the test cluster of scripts/test_cluster.sh (integration tests) -------------------------
+ENV_FILE = Path(os.environ.get("HPCTRAIN_TEST_CLUSTER", "/var/lib/hpctrain-test-cluster")) / "env"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> dict:
+    if not ENV_FILE.is_file():
+        pytest.fail(f"{ENV_FILE} missing: start the test cluster with 'sudo scripts/test_cluster.sh up'")
+    return dict(line.split("=", 1) for line in ENV_FILE.read_text().split())
+
+
+@pytest.fixture
+def remote_root(cluster):
+    name = f"hpctrain-test-{uuid.uuid4().hex[:8]}"
+    path = Path(cluster["HPCTRAIN_TEST_HOME"]) / name
+    yield name, path
+    shutil.rmtree(path, ignore_errors=True)

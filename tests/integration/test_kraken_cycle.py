@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 
 import pytest
 
 from conftest import set_project
+from integration_helpers import load_with_kraken
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("kraken")
@@ -40,15 +40,6 @@ def submit(cli, *args) -> int:
     result = cli("submit", *args, "--json")
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)["job"]["id"]
-
-
-def load_with_kraken(path) -> str:
-    """Load a model file with kraken itself, in a fresh process; return its model type."""
-    code = ("import sys; from kraken.lib.vgsl import TorchVGSLModel; "
-            "print(TorchVGSLModel.load_model(sys.argv[1]).model_type)")
-    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout.strip()
 
 
 @pytest.fixture

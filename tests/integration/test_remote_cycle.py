@@ -13,10 +13,9 @@ import pytest
 
 from conftest import Cli, sample_gt, set_project
 
+from integration_helpers import load_with_kraken, ssh_workspace
+
 pytestmark = pytest.mark.integration
-from test_kraken_cycle import load_with_kraken  # noqa: E402  (same loader, kraken in a fresh process)
-from test_ssh import ssh_workspace  # noqa: E402,F401
-from test_ssh import cluster, remote_root  # noqa: E402,F401  (fixtures)
 
 
 @pytest.fixture

@@ -7,58 +7,14 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import subprocess
-import uuid
-from pathlib import Path
 
 import pytest
 
 from conftest import Cli, sample_gt, tree_snapshot
+from integration_helpers import ssh_workspace
 
 pytestmark = pytest.mark.integration
-ENV_FILE = Path(os.environ.get("HPCTRAIN_TEST_CLUSTER", "/var/lib/hpctrain-test-cluster")) / "env"
-
-
-@pytest.fixture(scope="module")
-def cluster() -> dict:
-    if not ENV_FILE.is_file():
-        pytest.fail(f"{ENV_FILE} missing: start the test cluster with 'sudo scripts/test_cluster.sh up'")
-    return dict(line.split("=", 1) for line in ENV_FILE.read_text().split())
-
-
-@pytest.fixture
-def remote_root(cluster):
-    name = f"hpctrain-test-{uuid.uuid4().hex[:8]}"
-    path = Path(cluster["HPCTRAIN_TEST_HOME"]) / name
-    yield name, path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def ssh_workspace(tmp_path, cluster, root_name, known_hosts=None, key=None, port=None) -> Path:
-    from click.testing import CliRunner
-
-    from hpctrain.cli import main
-
-    ws = tmp_path / "ssh-ws"
-    assert CliRunner().invoke(main, ["init", str(ws)]).exit_code == 0
-    if known_hosts is None:
-        known_hosts = tmp_path / "known_hosts"
-        shutil.copy(cluster["HPCTRAIN_TEST_KNOWN_HOSTS"], known_hosts)
-    config = ws / "hpctrain.yaml"
-    config.write_text(config.read_text().replace("profile: local", "profile: test") + f"""
-  test:
-    backend: ssh
-    host: {cluster['HPCTRAIN_TEST_HOST']}
-    port: {port or cluster['HPCTRAIN_TEST_SSH_PORT']}
-    user: {cluster['HPCTRAIN_TEST_USER']}
-    identity_file: {key or cluster['HPCTRAIN_TEST_KEY']}
-    known_hosts: {known_hosts}
-    root: {root_name}
-""")
-    return ws
-
-
 def one_line_error(result, *fragments):
     assert result.exit_code != 0
     last = result.stderr.strip().splitlines()[-1]
