@@ -176,9 +176,10 @@ def project_new(ctx, name, ground_truth):
 @main.command()
 @click.argument("project_name", metavar="PROJECT")
 @click.option("--dry-run", is_flag=True, help="Validate and list what would be sent; send nothing.")
+@click.option("--checksum", is_flag=True, help="Compare contents (SHA-256), not size and modification time.")
 @json_option
 @click.pass_context
-def push(ctx, project_name, dry_run, as_json):
+def push(ctx, project_name, dry_run, checksum, as_json):
     """Validate a project's ground truth, then upload new or changed pages.
 
     \b
@@ -193,7 +194,7 @@ def push(ctx, project_name, dry_run, as_json):
     from .client import push as do_push
 
     progress = _transfer_progress() if not as_json and sys.stderr.isatty() else None
-    result = do_push(_workspace(ctx), project_name, progress=progress, dry_run=dry_run)
+    result = do_push(_workspace(ctx), project_name, progress=progress, dry_run=dry_run, checksum=checksum)
     if progress:
         click.echo("", err=True)
     report, plan = result.report, result.plan

@@ -123,13 +123,14 @@ def check_ground_truth(workspace: Workspace, name: str) -> tuple[Project, Report
 
 
 def push(workspace: Workspace, name: str, progress: Callable[[Transfer], None] | None = None,
-         dry_run: bool = False) -> PushResult:
+         dry_run: bool = False, checksum: bool = False) -> PushResult:
     """Validate the ground truth, then send only new or changed pages."""
     project, report = check_ground_truth(workspace, name)
     with connect(workspace) as transport:
         remote_folder = f"{workspace.profile.tree.ground_truth}/{project.name}"
         listing = transport.list_files(remote_folder)
-        plan = plan_push(report.folder, report.files(), remote_folder, listing)
+        plan = plan_push(report.folder, report.files(), remote_folder, listing,
+                         transport.checksums if checksum else None)
         if not dry_run:
             apply_push(plan, transport, progress)
     return PushResult(project.name, report, plan, remote_folder)

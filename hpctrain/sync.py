@@ -25,21 +25,51 @@ class SyncPlan:
         return sum(t.size for t in self.transfers)
 
 
-def plan_push(local_folder: Path, rel_files: list[str], remote_folder: str, remote_listing: dict) -> SyncPlan:
-    """Files whose remote copy is missing or differs in size or modification time."""
-    plan = SyncPlan()
+def sha256_file(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def plan_push(local_folder: Path, rel_files: list[str], remote_folder: str, remote_listing: dict,
+              remote_checksums: Callable[[list[str]], dict] | None = None) -> SyncPlan:
+    """Files whose remote copy is missing or differs in size or modification time.
+
+    With `remote_checksums` (push --checksum), files of equal size are compared by content instead.
+    """
+    plan, same_size = SyncPlan(), []
     for rel in rel_files:
         local = local_folder / rel
         st = local.stat()
-        remote = remote_listing.get(Path(rel).as_posix())
-        if remote and remote.size == st.st_size and abs(remote.mtime - st.st_mtime) <= MTIME_SLACK:
+        key = Path(rel).as_posix()
+        remote = remote_listing.get(key)
+        transfer = Transfer(local, f"{remote_folder}/{key}", st.st_size)
+        if remote and remote.size == st.st_size and remote_checksums:
+            same_size.append(transfer)
+        elif remote and remote.size == st.st_size and abs(remote.mtime - st.st_mtime) <= MTIME_SLACK:
             plan.unchanged += 1
-            continue
-        plan.transfers.append(Transfer(local, f"{remote_folder}/{Path(rel).as_posix()}", st.st_size))
+        else:
+            plan.transfers.append(transfer)
+    if same_size:
+        digests = remote_checksums([t.remote for t in same_size])
+        for transfer in same_size:
+            if digests.get(transfer.remote) == sha256_file(transfer.local):
+                plan.unchanged += 1
+            else:
+                plan.transfers.append(transfer)
     return plan
 
 
 def apply_push(plan: SyncPlan, transport, progress: Callable[[Transfer], None] | None = None) -> None:
+    """Send the planned files; a transport with `put_many` sends them over parallel channels."""
+    if hasattr(transport, "put_many"):
+        transport.put_many([(t.local, t.remote) for t in plan.transfers],
+                           (lambda i: progress(plan.transfers[i])) if progress else None)
+        return
     for transfer in plan.transfers:
         transport.put(transfer.local, transfer.remote)
         if progress:

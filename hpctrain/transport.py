@@ -6,6 +6,7 @@ implements the same methods.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -71,6 +72,11 @@ class LocalTransport:
 
     def put(self, local: Path, rel: str) -> None:
         atomic_copy(local, self._path(rel), mtime=local.stat().st_mtime)
+
+    def checksums(self, rels: list[str]) -> dict[str, str]:
+        from .sync import sha256_file
+
+        return {rel: sha256_file(self._path(rel)) for rel in rels if self._path(rel).is_file()}
 
     def get(self, rel: str, local: Path) -> None:
         source = self._path(rel)
@@ -165,9 +171,52 @@ class SshTransport:
         """Upload under a temporary name, set the mtime, then rename over the final name."""
         self._upload(local, PurePosixPath(self._remote(rel)))
 
-    def _upload(self, local: Path, target: PurePosixPath) -> None:
-        sftp = self.connection.sftp()
-        self._mkdirs(target.parent)
+    def checksums(self, rels: list[str]) -> dict[str, str]:
+        """SHA-256 of remote files, computed on the cluster in one command."""
+        script = ("import hashlib, json, sys\nout = {}\nfor rel in json.load(sys.stdin):\n"
+                  "    try:\n        out[rel] = hashlib.sha256(open(sys.argv[1] + '/' + rel, 'rb').read()).hexdigest()\n"
+                  "    except OSError:\n        pass\nprint(json.dumps(out))\n")
+        code, out, err = self.connection.run(["python3", "-c", script, self.root],
+                                             input=json.dumps([str(_safe_rel(r)) for r in rels]))
+        if code:
+            raise TransportError(f"cannot compute checksums on the cluster: {(err.strip().splitlines() or ['?'])[-1]}")
+        return json.loads(out)
+
+    def put_many(self, items: list[tuple[Path, str]], progress=None, channels: int = 4) -> None:
+        """Upload over several SFTP channels of the one connection: per-file round trips overlap."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if len(items) < 2:
+            for i, (local, rel) in enumerate(items):
+                self.put(local, rel)
+                progress and progress(i)
+            return
+        for folder in sorted({PurePosixPath(self._remote(rel)).parent for _l, rel in items}):
+            self._mkdirs(folder)
+        client = self.connection.client()
+        pool_clients = [client.open_sftp() for _ in range(min(channels, len(items)))]
+        try:
+            def send(index: int) -> int:
+                local, rel = items[index]
+                self._upload(local, PurePosixPath(self._remote(rel)), pool_clients[index % len(pool_clients)],
+                             make_dirs=False)
+                return index
+
+            with ThreadPoolExecutor(len(pool_clients)) as pool:
+                # Each channel takes every n-th file so that two threads never share one SFTP client.
+                lanes = [list(range(k, len(items), len(pool_clients))) for k in range(len(pool_clients))]
+                futures = [pool.submit(lambda lane: [send(i) for i in lane], lane) for lane in lanes]
+                for future in futures:
+                    for index in future.result():
+                        progress and progress(index)
+        finally:
+            for sftp in pool_clients:
+                sftp.close()
+
+    def _upload(self, local: Path, target: PurePosixPath, sftp=None, make_dirs: bool = True) -> None:
+        sftp = sftp or self.connection.sftp()
+        if make_dirs:
+            self._mkdirs(target.parent)
         tmp = str(target.with_name(f".{target.name}.hpctrain-part"))
         st = local.stat()
         try:

@@ -8,6 +8,7 @@ import json
 import os
 import pwd
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -49,6 +50,14 @@ def test_init_push_fetch_over_sftp(tmp_path, cluster, remote_root):
     local_page.write_text(local_page.read_text().replace("<Creator>", "<Creator>v2 "))
     again = json.loads(cli("push", "Demo", "--json").stdout)
     assert again["sent"] == ["Ground_Truth/Demo/page007.xml"]
+    assert remote_page.read_bytes() == local_page.read_bytes()
+
+    st = local_page.stat()
+    local_page.write_text(local_page.read_text().replace("<Creator>v2 ", "<Creator>v3 "))
+    os.utime(local_page, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime, new content
+    assert json.loads(cli("push", "Demo", "--json").stdout)["sent"] == []
+    assert json.loads(cli("push", "Demo", "--checksum", "--json").stdout)["sent"] == [
+        "Ground_Truth/Demo/page007.xml"]
     assert remote_page.read_bytes() == local_page.read_bytes()
 
     model = tmp_path / "base.mlmodel"
@@ -104,7 +113,15 @@ def test_host_unreachable(tmp_path, cluster, remote_root):
     one_line_error(Cli(ws)("init", str(ws)), "cannot reach 127.0.0.1:1")
 
 
-def test_job_commands_over_ssh_say_what_is_missing(tmp_path, cluster, remote_root):
+def test_job_commands_before_setup_say_what_to_run(tmp_path, cluster, remote_root):
     name, _ = remote_root
     ws = ssh_workspace(tmp_path, cluster, name)
-    one_line_error(Cli(ws)("status"), "need the cluster-side hpctrain")
+    installed = Path(cluster["HPCTRAIN_TEST_HOME"]) / ".hpctrain"
+    hidden = installed.with_name(".hpctrain-hidden-by-test")
+    if installed.exists():
+        installed.rename(hidden)
+    try:
+        one_line_error(Cli(ws)("status"), "hpctrain is not installed on the cluster: run 'hpctrain setup'")
+    finally:
+        if hidden.exists():
+            hidden.rename(installed)

@@ -176,3 +176,19 @@ def test_cluster_tree_names_are_configurable(cli, workspace, demo_project):
     assert cli("push", "Demo").exit_code == 0
     assert (workspace / "cluster" / "Verite_Terrain" / "Demo" / "page001.xml").is_file()
     assert not list((workspace / "cluster" / "Ground_Truth").iterdir())
+
+
+def test_checksum_catches_an_edit_that_keeps_size_and_mtime(cli, workspace, demo_project):
+    import json
+    import os
+
+    assert cli("push", "Demo").exit_code == 0
+    page = workspace / "ground_truth" / "Demo" / "page003.xml"
+    st = page.stat()
+    text = page.read_text()
+    page.write_text(text.replace("hpctrain sample generator", "hpctrain sample generatoR"))
+    os.utime(page, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert json.loads(cli("push", "Demo", "--json").stdout)["sent"] == [], "size+mtime cannot see it"
+    data = json.loads(cli("push", "Demo", "--checksum", "--json").stdout)
+    assert data["sent"] == ["Ground_Truth/Demo/page003.xml"] and data["unchanged"] == 23
+    assert (workspace / "cluster" / "Ground_Truth" / "Demo" / "page003.xml").read_text() == page.read_text()
