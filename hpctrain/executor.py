@@ -147,6 +147,11 @@ class SlurmScheduler:
 
         from .runner import SCRIPT, JobRunner
 
+        import shutil
+
+        if not shutil.which("sbatch") or not shutil.which("srun"):
+            raise SchedulerError("sbatch not found on this machine: is Slurm installed here "
+                                 "(or does it need 'module load slurm')?")
         ours = directives((job_dir / SCRIPT).read_text())
 
         class Executor(submitit.SlurmExecutor):

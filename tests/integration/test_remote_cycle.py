@@ -42,6 +42,12 @@ def remote(tmp_path, cluster, remote_root):
     return cli, ws, path
 
 
+def cluster_user() -> str:
+    from conftest import ENV_FILE
+
+    return dict(line.split("=", 1) for line in ENV_FILE.read_text().split())["HPCTRAIN_TEST_USER"]
+
+
 def poll(cli, job, until, timeout=900):
     seen, deadline = [], time.monotonic() + timeout
     while True:
@@ -59,13 +65,18 @@ def test_remote_transcription_cycle(remote):
     submitted = cli("submit", "transcription", "Demo", "--no-base", "--json")
     assert submitted.exit_code == 0, submitted.output
     job = json.loads(submitted.stdout)["job"]
-    owner = subprocess.run(["squeue", "-h", "-o", "%u", "-j", job["scheduler_id"]], capture_output=True, text=True)
-    assert owner.stdout.strip() in ("hpcuser", ""), "submitted as the non-root user"
+    # A second job asking for the same 2 CPUs must wait: its states walk PENDING → RUNNING → COMPLETED.
+    queued = json.loads(cli("submit", "transcription", "Demo", "--no-base", "--json").stdout)["job"]
+    seen, _ = poll(cli, queued["id"], ("COMPLETED", "FAILED"))
+    assert seen == ["PENDING", "RUNNING", "COMPLETED"], seen
     followed = cli("logs", str(job["id"]), "-f")
     assert "stage 2/2" in followed.stdout and "Character Accuracy" in followed.stdout
     seen, row = poll(cli, job["id"], ("COMPLETED", "FAILED"))
     assert row["state"] == "COMPLETED", (seen, row)
     assert row["epoch"] == 3 and row["best_metric"] == "val_accuracy"
+    owner = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "User", "-j", job["scheduler_id"]],
+                           capture_output=True, text=True)
+    assert owner.stdout.strip() == cluster_user(), "submitted through sshd as the non-root user"
     fetched = json.loads(cli("fetch", "Demo", "--json").stdout)
     model = next(ws / f for f in fetched["files"] if f.endswith(".mlmodel"))
     assert load_with_kraken(model) == "recognition"

@@ -100,3 +100,12 @@ def test_slurmctld_down_is_a_clear_error_and_loses_nothing(cli, workspace, slurm
     finally:
         subprocess.run(["bash", str(ROOT / "scripts" / "test_cluster.sh"), "up"], check=True, capture_output=True)
     assert tree_snapshot(workspace / "cluster" / "Ground_Truth") == before
+
+
+def test_no_sbatch_is_a_clear_error(cli, workspace, slurm_project, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")  # a login node where Slurm's commands are not on the PATH
+    result = cli("submit", "transcription", "Demo", "--no-base")
+    assert result.exit_code != 0
+    assert "sbatch not found on this machine" in result.stderr.strip().splitlines()[-1]
+    monkeypatch.undo()
+    assert cli("status").stdout.startswith("no jobs yet")
