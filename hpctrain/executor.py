@@ -110,14 +110,16 @@ SLURM_STATES = {
 }
 
 
+NO_SLURM = "not found on this machine: is Slurm installed here (or does it need 'module load slurm')?"
+
+
 def _run(argv: list[str], what: str) -> str:
     import subprocess
 
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     except FileNotFoundError:
-        raise SchedulerError(f"{argv[0]} not found on this machine: is Slurm installed here "
-                             "(or does it need 'module load slurm')?") from None
+        raise SchedulerError(f"{argv[0]} {NO_SLURM}") from None
     except subprocess.TimeoutExpired:
         raise SchedulerError(f"{what} timed out after 60 s: is the Slurm controller up?") from None
     if done.returncode:
@@ -150,8 +152,7 @@ class SlurmScheduler:
         import shutil
 
         if not shutil.which("sbatch") or not shutil.which("srun"):
-            raise SchedulerError("sbatch not found on this machine: is Slurm installed here "
-                                 "(or does it need 'module load slurm')?")
+            raise SchedulerError(f"sbatch {NO_SLURM}")
         ours = directives((job_dir / SCRIPT).read_text())
 
         class Executor(submitit.SlurmExecutor):
@@ -168,8 +169,7 @@ class SlurmScheduler:
         try:
             job = executor.submit(JobRunner(str(job_dir)))
         except FileNotFoundError:
-            raise SchedulerError("sbatch not found on this machine: is Slurm installed here "
-                                 "(or does it need 'module load slurm')?") from None
+            raise SchedulerError(f"sbatch {NO_SLURM}") from None
         except Exception as e:  # submitit wraps sbatch's refusal in a bare exception
             message = " ".join(str(e).split())
             detail = message.split("error:", 1)[-1].strip() if "error:" in message else message[-300:]
