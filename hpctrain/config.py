@@ -51,6 +51,7 @@ class Profile:
     port: int | None = None
     identity_file: str | None = None
     known_hosts: str | None = None      # default ~/.ssh/known_hosts (or the config's UserKnownHostsFile)
+    transfer: str = "auto"              # push with: rsync (system rsync over ssh), sftp, or auto (rsync if both ends have it)
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,8 @@ def profile_from_mapping(name: str, data: Mapping[str, Any], source: str) -> Pro
         raise ConfigError(f"{source}: backend {profile.backend!r} is not available; choose one of {', '.join(BACKENDS)}")
     if profile.executor not in EXECUTORS:
         raise ConfigError(f"{source}: executor {profile.executor!r} is not available; choose one of {', '.join(EXECUTORS)}")
+    if profile.transfer not in ("auto", "rsync", "sftp"):
+        raise ConfigError(f"{source}: transfer must be auto, rsync or sftp")
     if profile.backend == "ssh" and not profile.host:
         raise ConfigError(f"{source}: profile {name!r} uses backend ssh but names no 'host'")
     if sum(bool(x) for x in (profile.modules, profile.venv, profile.container)) > 1:

@@ -19,6 +19,8 @@ class Transfer:
 class SyncPlan:
     transfers: list[Transfer] = field(default_factory=list)
     unchanged: int = 0
+    local_folder: Path | None = None
+    remote_folder: str = ""
 
     @property
     def bytes(self) -> int:
@@ -41,7 +43,7 @@ def plan_push(local_folder: Path, rel_files: list[str], remote_folder: str, remo
 
     With `remote_checksums` (push --checksum), files of equal size are compared by content instead.
     """
-    plan, same_size = SyncPlan(), []
+    plan, same_size = SyncPlan(local_folder=local_folder, remote_folder=remote_folder), []
     for rel in rel_files:
         local = local_folder / rel
         st = local.stat()
@@ -65,7 +67,9 @@ def plan_push(local_folder: Path, rel_files: list[str], remote_folder: str, remo
 
 
 def apply_push(plan: SyncPlan, transport, progress: Callable[[Transfer], None] | None = None) -> None:
-    """Send the planned files; a transport with `put_many` sends them over parallel channels."""
+    """Send the planned files; a transport with `put_tree` or `put_many` sends them in one go."""
+    if hasattr(transport, "put_tree") and transport.put_tree(plan, progress):
+        return
     if hasattr(transport, "put_many"):
         transport.put_many([(t.local, t.remote) for t in plan.transfers],
                            (lambda i: progress(plan.transfers[i])) if progress else None)

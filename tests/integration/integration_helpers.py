@@ -16,7 +16,8 @@ def load_with_kraken(path) -> str:
     return done.stdout.strip()
 
 
-def ssh_workspace(tmp_path, cluster, root_name, known_hosts=None, key=None, port=None) -> Path:
+def ssh_workspace(tmp_path, cluster, root_name, known_hosts=None, key=None, port=None,
+                  transfer="auto") -> Path:
     from click.testing import CliRunner
 
     from hpctrain.cli import main
@@ -36,6 +37,7 @@ def ssh_workspace(tmp_path, cluster, root_name, known_hosts=None, key=None, port
     identity_file: {key or cluster['HPCTRAIN_TEST_KEY']}
     known_hosts: {known_hosts}
     root: {root_name}
+    transfer: {transfer}
 """)
     return ws
 

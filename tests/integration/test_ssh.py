@@ -25,9 +25,10 @@ def one_line_error(result, *fragments):
     return last
 
 
-def test_init_push_fetch_over_sftp(tmp_path, cluster, remote_root):
+@pytest.mark.parametrize("transfer", ["sftp", "rsync"])
+def test_init_push_over_ssh(tmp_path, cluster, remote_root, transfer):
     name, remote = remote_root
-    ws = ssh_workspace(tmp_path, cluster, name)
+    ws = ssh_workspace(tmp_path, cluster, name, transfer=transfer)
     cli = Cli(ws)
     result = cli("init", str(ws))
     assert result.exit_code == 0, result.output
