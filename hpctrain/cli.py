@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -400,16 +399,6 @@ def status(ctx, job_ids, project_name, as_json):
             click.echo(f"job {r.id}: {r.error}")
 
 
-def _final(state: str) -> bool:
-    from .registry import JobState
-
-    return JobState(state).final
-
-
-def _follow_interval() -> float:
-    return float(os.environ.get("HPCTRAIN_POLL_SECONDS", "1"))
-
-
 @main.command()
 @click.argument("job_id", metavar="JOB")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the job ends.")
@@ -422,21 +411,11 @@ def logs(ctx, job_id, follow):
       hpctrain logs 3
       hpctrain logs 3 -f      # like tail -f, stops when the job ends
     """
-    from .client import read_log, status as get_status
+    from .client import follow_log
     from .names import check_job_id
 
-    workspace, job = _workspace(ctx), check_job_id(job_id)
-    offset = 0
-    while True:
-        chunk, offset = read_log(workspace, job, offset)
-        if chunk:
-            click.echo(chunk, nl=False)
-            continue
-        if not follow or _final(get_status(workspace, [job])[0].state):
-            chunk, offset = read_log(workspace, job, offset)
-            click.echo(chunk, nl=False)
-            return
-        time.sleep(_follow_interval())
+    for chunk in follow_log(_workspace(ctx), check_job_id(job_id), follow):
+        click.echo(chunk, nl=False)
 
 
 @main.command()
@@ -451,27 +430,19 @@ def wait(ctx, job_id, timeout, as_json):
     Example:
       hpctrain submit transcription Projet_A --json | jq .job.id | xargs hpctrain wait
     """
-    from .client import status as get_status
+    from .client import watch
     from .names import check_job_id
 
-    workspace, job = _workspace(ctx), check_job_id(job_id)
-    deadline = time.monotonic() + timeout if timeout else None
-    last = None
-    while True:
-        row = get_status(workspace, [job])[0]
+    last = row = None
+    for row in watch(_workspace(ctx), check_job_id(job_id), timeout):
         line = _progress_line(row)
         if line != last and not as_json:
             click.echo(line)
             last = line
-        if _final(row.state):
-            break
-        if deadline and time.monotonic() > deadline:
-            raise HpctrainError(f"job {job} still {row.state} after {timeout:.0f} s") from None
-        time.sleep(_follow_interval())
     if as_json:
         _print_json(row.to_json())
     if row.state != "COMPLETED":
-        raise HpctrainError(f"job {job} ended {row.state}" + (f": {row.error}" if row.error else ""))
+        raise HpctrainError(f"job {row.id} ended {row.state}" + (f": {row.error}" if row.error else ""))
 
 
 def _progress_line(row) -> str:

@@ -5,9 +5,10 @@ The CLI calls exactly one function of this module per command and prints what it
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from .clusterside import MODEL_SUFFIXES, JobRequest, JobStatus, Submission
 from .config import WORKSPACE_DIRS, WORKSPACE_FILE, Workspace
@@ -179,9 +180,12 @@ def submit(workspace: Workspace, kind: str, name: str, base: str | None = None, 
         raise ConfigError(f"no base model and no network spec for {kind}: pass --base NAME, or set "
                           f"{kind}.spec in projects/{name}.yaml to train from scratch")
     profile = workspace.profile
+    resources = override_resources(project.resources, **(resources or {}))
+    if resources.partition is None and profile.partition:
+        resources = override_resources(resources, partition=profile.partition)
     request = JobRequest(
         kind=kind, project=project.name, format=project.format, base=base if kind != "compile" else None,
-        params=params, split=project.split, resources=override_resources(project.resources, **(resources or {})),
+        params=params, split=project.split, resources=resources,
         device=profile.device, kraken_version=profile.kraken_version, modules=profile.modules,
         venv=profile.venv, container=profile.container, template_paths=tuple(
             str(p) for p in (workspace.template_dir, workspace.path / "templates") if p and p.is_dir()),
@@ -197,9 +201,43 @@ def status(workspace: Workspace, job_ids: list[int] | None = None, project: str 
         return transport.cluster.status(job_ids, project)
 
 
-def read_log(workspace: Workspace, job_id: int, offset: int = 0) -> tuple[str, int]:
+def poll_interval() -> float:
+    return float(os.environ.get("HPCTRAIN_POLL_SECONDS", "1"))
+
+
+def follow_log(workspace: Workspace, job_id: int, follow: bool = False) -> Iterator[str]:
+    """Chunks of a job's raw log; with `follow`, new ones until the job ends. One connection throughout."""
+    from .registry import JobState
+
     with connect(workspace) as transport:
-        return transport.cluster.read_log(job_id, offset)
+        cluster, offset = transport.cluster, 0
+        while True:
+            chunk, offset = cluster.read_log(job_id, offset)
+            if chunk:
+                yield chunk
+                continue
+            if not follow or JobState(cluster.job(job_id).state).final:
+                chunk, offset = cluster.read_log(job_id, offset)  # what was written while we asked
+                if chunk:
+                    yield chunk
+                return
+            time.sleep(poll_interval())
+
+
+def watch(workspace: Workspace, job_id: int, timeout: float | None = None) -> Iterator[JobStatus]:
+    """The job's status row, again and again until it ends (or `timeout` seconds pass). One connection."""
+    from .registry import JobState
+
+    deadline = time.monotonic() + timeout if timeout else None
+    with connect(workspace) as transport:
+        while True:
+            row = transport.cluster.job(job_id)
+            yield row
+            if JobState(row.state).final:
+                return
+            if deadline and time.monotonic() > deadline:
+                raise HpctrainError(f"job {job_id} still {row.state} after {timeout:.0f} s")
+            time.sleep(poll_interval())
 
 
 def cancel(workspace: Workspace, job_id: int) -> JobStatus:

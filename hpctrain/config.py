@@ -45,6 +45,7 @@ class Profile:
     venv: str | None = None         # or activate this virtual environment
     container: str | None = None    # or run ketos inside this Apptainer image
     tree: Tree = field(default_factory=Tree)
+    partition: str | None = None        # default Slurm partition when neither the flag nor the project names one
     # backend "ssh": the login node. Unset values come from ~/.ssh/config for `host`.
     host: str | None = None             # a host name or a ~/.ssh/config alias
     user: str | None = None
@@ -74,7 +75,7 @@ class Workspace:
 
 # Profile keys that may come from HPCTRAIN_<KEY> (scalars only).
 ENV_KEYS = ("backend", "root", "executor", "device", "kraken_version", "venv", "container", "host", "user",
-            "identity_file", "known_hosts")
+            "identity_file", "known_hosts", "partition", "transfer")
 
 
 def user_config_path() -> Path:

@@ -126,3 +126,54 @@ def test_job_commands_before_setup_say_what_to_run(tmp_path, cluster, remote_roo
     finally:
         if hidden.exists():
             hidden.rename(installed)
+
+
+def _ssh_config(home: Path, cluster: dict, extra: str) -> None:
+    (home / ".ssh").mkdir(exist_ok=True)
+    common = (f"  HostName 127.0.0.1\n  Port {cluster['HPCTRAIN_TEST_SSH_PORT']}\n  User {cluster['HPCTRAIN_TEST_USER']}\n"
+              f"  IdentityFile {cluster['HPCTRAIN_TEST_KEY']}\n  UserKnownHostsFile {cluster['HPCTRAIN_TEST_KNOWN_HOSTS']}\n")
+    (home / ".ssh" / "config").write_text(f"Host jump\n{common}Host target\n{common}{extra}")
+
+
+def _alias_workspace(tmp_path, root_name) -> Path:
+    from click.testing import CliRunner
+
+    from hpctrain.cli import main
+
+    ws = tmp_path / "alias-ws"
+    assert CliRunner().invoke(main, ["init", str(ws)]).exit_code == 0
+    config = ws / "hpctrain.yaml"
+    config.write_text(config.read_text().replace("profile: local", "profile: viaconfig")
+                      + f"  viaconfig:\n    backend: ssh\n    host: target\n    root: {root_name}\n")
+    return ws
+
+
+def test_proxy_command_from_ssh_config(tmp_path, cluster, remote_root, isolated_home):
+    name, remote = remote_root
+    marker = tmp_path / "proxy-used"
+    wrapper = tmp_path / "proxy.sh"
+    wrapper.write_text(f"#!/bin/sh\ntouch {marker}\nexec ssh -i {cluster['HPCTRAIN_TEST_KEY']} "
+                       f"-o UserKnownHostsFile={cluster['HPCTRAIN_TEST_KNOWN_HOSTS']} -o StrictHostKeyChecking=yes "
+                       f"-o BatchMode=yes -p {cluster['HPCTRAIN_TEST_SSH_PORT']} "
+                       f"{cluster['HPCTRAIN_TEST_USER']}@127.0.0.1 -W \"$1:$2\"\n")
+    wrapper.chmod(0o755)
+    _ssh_config(isolated_home, cluster, f"  ProxyCommand {wrapper} %h %p\n")
+    ws = _alias_workspace(tmp_path, name)
+    result = Cli(ws)("init", str(ws))
+    assert result.exit_code == 0, result.output
+    assert marker.exists(), "the connection went through the ProxyCommand"
+    assert (remote / "Ground_Truth").is_dir()
+
+
+def test_proxy_jump_from_ssh_config(tmp_path, cluster, remote_root, isolated_home):
+    from hpctrain.config import load_workspace
+    from hpctrain.transport import connect
+
+    name, remote = remote_root
+    _ssh_config(isolated_home, cluster, "  ProxyJump jump\n")
+    ws = _alias_workspace(tmp_path, name)
+    with connect(load_workspace(ws)) as transport:
+        transport.ensure_tree(transport.profile.tree)
+        jump = transport.connection._jump
+        assert jump is not None and jump.client().get_transport().is_active(), "went through the jump host"
+    assert (remote / "Ground_Truth").is_dir()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 import pytest
 
-from conftest import tree_snapshot
+from conftest import set_project, tree_snapshot
 from hpctrain.cli import main
 
 
@@ -192,3 +192,14 @@ def test_checksum_catches_an_edit_that_keeps_size_and_mtime(cli, workspace, demo
     data = json.loads(cli("push", "Demo", "--checksum", "--json").stdout)
     assert data["sent"] == ["Ground_Truth/Demo/page003.xml"] and data["unchanged"] == 23
     assert (workspace / "cluster" / "Ground_Truth" / "Demo" / "page003.xml").read_text() == page.read_text()
+
+
+def test_partition_precedence_flag_then_project_then_profile(cli, workspace, demo_project):
+    assert cli("push", "Demo").exit_code == 0
+    config = workspace / "hpctrain.yaml"
+    config.write_text(config.read_text().replace("    device: cpu", "    device: cpu\n    partition: fromprofile"))
+    script = lambda *a: cli("submit", "compile", "Demo", "--dry-run", *a).stdout
+    assert "#SBATCH --partition=fromprofile\n" in script()
+    set_project(workspace, "Demo", resources={"partition": "fromproject"})
+    assert "#SBATCH --partition=fromproject\n" in script()
+    assert "#SBATCH --partition=fromflag\n" in script("--partition", "fromflag")

@@ -1,0 +1,35 @@
+"""~/.ssh/config is followed: HostName, User, Port, IdentityFile, ProxyJump, ProxyCommand, UserKnownHostsFile."""
+from __future__ import annotations
+
+import pytest
+
+from hpctrain.ssh import resolve_target
+
+
+def test_alias_resolution_and_profile_overrides(tmp_path):
+    config = tmp_path / "config"
+    config.write_text("Host hpc\n  HostName login.example.org\n  User alice\n  Port 2200\n"
+                      "  IdentityFile ~/.ssh/id_hpc\n  ProxyJump bastion\n  UserKnownHostsFile /k/known\n"
+                      "Host viaproxy\n  HostName 10.0.0.1\n  ProxyCommand nc -X 5 %h %p\n")
+    target = resolve_target("hpc", config_path=str(config))
+    assert (target.hostname, target.user, target.port) == ("login.example.org", "alice", 2200)
+    assert target.identity_files[0].endswith("/.ssh/id_hpc") and target.proxy_jump == "bastion"
+    assert target.known_hosts == ("/k/known",) and target.key_name == "[login.example.org]:2200"
+    overridden = resolve_target("hpc", user="bob", port=22, known_hosts="/mine", config_path=str(config))
+    assert (overridden.user, overridden.port, overridden.known_hosts) == ("bob", 22, ("/mine",))
+    assert overridden.key_name == "login.example.org"
+    assert resolve_target("viaproxy", config_path=str(config)).proxy_command == "nc -X 5 10.0.0.1 22"
+
+
+def test_no_config_file_is_fine(tmp_path):
+    target = resolve_target("somehost", config_path=str(tmp_path / "missing"))
+    assert target.hostname == "somehost" and target.port == 22 and target.proxy_jump is None
+
+
+def test_ssh_config_is_read_only_by_the_ssh_module():
+    import subprocess
+    import sys
+
+    code = "import sys, hpctrain.cli, hpctrain.client, hpctrain.transport; print('paramiko' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    pytest.importorskip("paramiko")
