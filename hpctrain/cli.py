@@ -538,7 +538,3 @@ def clean(ctx, project_name, yes, as_json):
         _print_json({"removed": removed, "files": [i["path"] for i in plan], "bytes": total})
     else:
         click.echo(f"deleted {removed} file(s), {_size(total)}")
-
-
-def run() -> None:  # pragma: no cover
-    main(prog_name="hpctrain")

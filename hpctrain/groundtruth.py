@@ -60,11 +60,10 @@ class _XmlFacts:
     namespace: str = ""
     image: str | None = None
     lines: int = 0
-    baselines: int = 0
 
 
 def read_xml_facts(path: Path) -> _XmlFacts:
-    """One streaming expat pass: root element, referenced image, line and baseline counts."""
+    """One streaming expat pass: root element, referenced image, line count."""
     facts = _XmlFacts()
     in_alto_filename = []
 
@@ -79,10 +78,6 @@ def read_xml_facts(path: Path) -> _XmlFacts:
             facts.image = attrs["imageFilename"]
         elif local == "TextLine":
             facts.lines += 1
-            if attrs.get("BASELINE"):
-                facts.baselines += 1
-        elif local == "Baseline" and attrs.get("points"):
-            facts.baselines += 1
         elif local == "fileName":
             in_alto_filename.append("")
 
