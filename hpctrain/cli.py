@@ -309,21 +309,25 @@ def _submit_command(kind: str, summary: str, example: str):
                      "constraint": constraint, "mail_user": mail_user}
         result = submit(_workspace(ctx), kind, project_name, base=base, no_base=no_base, resources=resources,
                         dry_run=dry_run)
-        if as_json:
-            _print_json({"job": result.job.to_json() if result.job else None, "job_dir": result.job_dir,
-                         "script": result.script, "dry_run": dry_run})
-        elif dry_run:
-            click.echo(result.script, nl=False)
-        else:
-            job = result.job
-            click.echo(f"submitted job {job.id} ({kind} of {job.project}"
-                       f"{', base ' + job.base if job.base else ''}); follow it with 'hpctrain logs {job.id} -f'")
+        _print_submission(result, kind, dry_run, as_json)
 
     command.__doc__ = f"{summary}\n\n\b\nExample:\n  {example}\n"
     if kind != "compile":
         command = click.option("--no-base", is_flag=True, help="Train from scratch with the project's spec.")(command)
         command = click.option("--base", help="Base model name (default: the project's).")(command)
     return command
+
+
+def _print_submission(result, kind: str, dry_run: bool, as_json: bool) -> None:
+    if as_json:
+        _print_json({"job": result.job.to_json() if result.job else None, "job_dir": result.job_dir,
+                     "script": result.script, "dry_run": dry_run})
+    elif dry_run:
+        click.echo(result.script, nl=False)
+    else:
+        job = result.job
+        click.echo(f"submitted job {job.id} ({kind} of {job.project}"
+                   f"{', base ' + job.base if job.base else ''}); follow it with 'hpctrain logs {job.id} -f'")
 
 
 @main.group()
@@ -335,6 +339,7 @@ def submit():
       hpctrain submit transcription Projet_A --base tridis_v2
       hpctrain submit segmentation Projet_A --base blla --time 04:00:00
       hpctrain submit transcription Projet_A --dry-run     # print the script only
+      hpctrain submit torchrun train.py --nodes 2 --gpus-per-node 4 -- --config cfg.yaml
     """
 
 
@@ -348,6 +353,63 @@ submit.command("segmentation")(_submit_command(
 submit.command("compile")(_submit_command(
     "compile", "Split the pages and compile train/validation/test .arrow files.",
     "hpctrain submit compile Projet_A"))
+
+
+@submit.command("torchrun")
+@click.argument("script")
+@click.argument("script_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- SCRIPT_ARGS]...")
+@click.option("--project", "project_name", help="Project file for resources and alerts; also the job's label "
+              "(default: the script's name).")
+@click.option("--nodes", type=int, help="Nodes; one torchrun runs on each.")
+@click.option("--gpus-per-node", type=int, help="GPUs per node; one process per GPU (0: CPU with gloo).")
+@click.option("--nproc-per-node", type=int, help="Processes per node (default: the GPUs per node, or 1 on CPU).")
+@click.option("--cpus-per-task", "cpus", type=int, help="CPUs per node; OMP threads = CPUs / processes.")
+@click.option("--time", "time_limit", help="Wall-clock limit, e.g. 12:00:00.")
+@click.option("--partition", help="Slurm partition.")
+@click.option("--mem", help="Memory per node, e.g. 64G.")
+@click.option("--constraint", help="Slurm node constraint.")
+@click.option("--mail-user", help="E-mail for Slurm notifications.")
+@click.option("-m", "--module", "as_module", is_flag=True,
+              help="SCRIPT is a Python module installed in the job's environment (torchrun -m).")
+@click.option("--venv", help="Virtual environment on the cluster to activate (default: the profile's).")
+@click.option("--load", "modules", multiple=True, help="Environment module to load (repeatable).")
+@click.option("--container", help="Apptainer image on the cluster to run torchrun in.")
+@click.option("--monitor", default="val_auc", show_default=True, help="Metric that picks the best epoch.")
+@click.option("--resume-from", type=str, metavar="JOB", help="Start from that job's last checkpoint "
+              "($HPCTRAIN_RESUME_FROM in the job).")
+@click.option("--dry-run", is_flag=True, help="Print the exact job script; submit nothing.")
+@json_option
+@click.pass_context
+def submit_torchrun(ctx, script, script_args, project_name, nodes, gpus_per_node, nproc_per_node, cpus,
+                    time_limit, partition, mem, constraint, mail_user, as_module, venv, modules, container,
+                    monitor, resume_from, dry_run, as_json):
+    """Run a PyTorch DDP script with torchrun: one launcher per node, c10d rendezvous.
+
+    SCRIPT is a local .py file (sent with the job), a module with --module, or
+    hpctrain.trainer, the reference image classifier. Arguments after -- go to the script;
+    it runs in the job folder, so relative paths (checkpoints/) land there. It reports
+    metrics by printing lines such as
+
+    
+      ##hpctrain {"event": "metrics", "epoch": 3, "total": 50, "val_auc": 0.91}
+
+    and its best model with {"event": "model", "path": "checkpoints/best.pt"}.
+
+    
+    Examples:
+      hpctrain submit torchrun train.py --nodes 2 --gpus-per-node 4 -- --config cfg.yaml
+      hpctrain submit torchrun hpctrain.trainer --gpus-per-node 4 --project her2 -- --data /scratch/her2
+      hpctrain submit torchrun hpctrain.trainer --nproc-per-node 2 --resume-from 7 -- --data /scratch/her2
+    """
+    from .client import submit_torchrun as do_submit
+    from .names import check_job_id
+
+    resources = {"nodes": nodes, "gpus": gpus_per_node, "cpus": cpus, "time": time_limit, "partition": partition,
+                 "mem": mem, "constraint": constraint, "mail_user": mail_user}
+    result = do_submit(_workspace(ctx), script, script_args, project_name, as_module, nproc_per_node, resources,
+                       {"venv": venv, "modules": modules, "container": container}, monitor,
+                       check_job_id(resume_from) if resume_from else None, dry_run)
+    _print_submission(result, "torchrun", dry_run, as_json)
 
 
 # -- following jobs -----------------------------------------------------------------------
@@ -389,7 +451,8 @@ def status(ctx, job_ids, project_name, as_json):
     if not rows:
         click.echo("no jobs yet: 'hpctrain submit --help' shows how to start one")
         return
-    table = [[r.id, r.kind, r.project, r.base or "", r.state, _elapsed(r.elapsed), _epoch(r),
+    table = [[r.id, r.kind, r.project, r.base or "", r.state + (" !" if r.alerts else ""), _elapsed(r.elapsed),
+              _epoch(r),
               _metric(r.best_metric, r.best_value),
               f"{r.test['char_accuracy']:.2%}" if "char_accuracy" in r.test else ""] for r in rows]
     click.echo(tabulate(table, headers=["job", "kind", "project", "base", "state", "elapsed", "epoch", "best",
@@ -397,6 +460,8 @@ def status(ctx, job_ids, project_name, as_json):
     for r in rows:
         if r.error and r.state == "FAILED":
             click.echo(f"job {r.id}: {r.error}")
+        for message in r.alerts:
+            click.echo(f"job {r.id}: ALERT {message}")
 
 
 @main.command()
@@ -455,6 +520,7 @@ def _progress_line(row) -> str:
         parts.append(f"best {row.best_metric} {row.best_value:.4f}")
     if "char_accuracy" in row.test:
         parts.append(f"test accuracy {row.test['char_accuracy']:.2%}")
+    parts += [f"ALERT {message}" for message in row.alerts]
     return ", ".join(parts)
 
 

@@ -15,7 +15,7 @@ from .config import WORKSPACE_DIRS, WORKSPACE_FILE, Workspace
 from .errors import ConfigError, GroundTruthError, HpctrainError, NotFoundError
 from .groundtruth import Report, validate
 from .names import check_name
-from .project import Project, load_project, override_resources
+from .project import Project, Resources, load_project, override_resources
 from .render import packaged_template_dir, render
 from .sync import SyncPlan, Transfer, apply_push, plan_push
 from .transport import connect
@@ -180,18 +180,83 @@ def submit(workspace: Workspace, kind: str, name: str, base: str | None = None, 
         raise ConfigError(f"no base model and no network spec for {kind}: pass --base NAME, or set "
                           f"{kind}.spec in projects/{name}.yaml to train from scratch")
     profile = workspace.profile
-    resources = override_resources(project.resources, **(resources or {}))
-    if resources.partition is None and profile.partition:
-        resources = override_resources(resources, partition=profile.partition)
+    resources = _job_resources(workspace, project.resources, resources or {})
     request = JobRequest(
         kind=kind, project=project.name, format=project.format, base=base if kind != "compile" else None,
         params=params, split=project.split, resources=resources,
         device=profile.device, kraken_version=profile.kraken_version, modules=profile.modules,
-        venv=profile.venv, container=profile.container, template_paths=tuple(
-            str(p) for p in (workspace.template_dir, workspace.path / "templates") if p and p.is_dir()),
+        venv=profile.venv, container=profile.container, template_paths=_template_paths(workspace),
+        alerts=tuple(a.to_json() for a in project.alerts),
     )
     with connect(workspace) as transport:
         return transport.cluster.submit(request, dry_run=dry_run)
+
+
+def _template_paths(workspace: Workspace) -> tuple[str, ...]:
+    return tuple(str(p) for p in (workspace.template_dir, workspace.path / "templates") if p and p.is_dir())
+
+
+def _job_resources(workspace: Workspace, base: Resources, flags: dict) -> Resources:
+    resources = override_resources(base, **flags)
+    if resources.partition is None and workspace.profile.partition:
+        resources = override_resources(resources, partition=workspace.profile.partition)
+    return resources
+
+
+def submit_torchrun(workspace: Workspace, script: str, args: tuple[str, ...] = (), project: str | None = None,
+                    module: bool = False, nproc_per_node: int | None = None, resources: dict | None = None,
+                    environment: dict | None = None, monitor: str = "val_auc", resume_from: int | None = None,
+                    dry_run: bool = False) -> Submission:
+    """Submit SCRIPT (a local .py file, a module with `module`, or hpctrain.trainer) as a torchrun DDP job.
+
+    With `project`, its project file gives resources and alerts; flags win over it."""
+    from .torchrun import REFERENCE_TRAINER, TorchrunRequest
+
+    if script == REFERENCE_TRAINER:
+        from importlib.resources import files
+
+        # Read, not imported: the laptop needs no torch to send it.
+        target, text = "trainer.py", (files("hpctrain") / "trainer.py").read_text(encoding="utf-8")
+    else:
+        target, text = _torchrun_target(script, module)
+    if project:
+        loaded = load_project(workspace, project)
+        base, alerts = loaded.resources, loaded.alerts
+    else:
+        project, base, alerts = _label_for(target), Resources(), ()
+    resources = _job_resources(workspace, base, resources or {})
+    environment = {k: v for k, v in (environment or {}).items() if v}
+    profile = workspace.profile
+    request = TorchrunRequest(
+        project=project, target=target, script_text=text, args=tuple(args), resources=resources,
+        nproc_per_node=nproc_per_node or resources.gpus or 1, monitor=monitor,
+        alerts=tuple(a.to_json() for a in alerts), modules=tuple(environment.get("modules") or profile.modules),
+        venv=environment.get("venv") or profile.venv, container=environment.get("container") or profile.container,
+        resume_from=resume_from, template_paths=_template_paths(workspace))
+    with connect(workspace) as transport:
+        return transport.cluster.submit_torchrun(request, dry_run=dry_run)
+
+
+def _torchrun_target(script: str, module: bool) -> tuple[str, str | None]:
+    if module:
+        return script, None
+    path = Path(script).expanduser()
+    if not path.is_file():
+        raise NotFoundError(f"script {script} not found: give the path of a .py file, or pass --module "
+                            "for a module installed in the job's environment")
+    try:
+        return path.name, path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{script} is not a UTF-8 text file: give a Python script") from None
+
+
+def _label_for(target: str) -> str:
+    """The project label of a torchrun job without --project: the script's or module's name."""
+    stem = target[:-3] if target.endswith(".py") else target.rsplit(".", 1)[-1]
+    try:
+        return check_name(stem, "project name")
+    except HpctrainError:
+        raise ConfigError(f"cannot name the job after {target!r}: pass --project NAME") from None
 
 
 def status(workspace: Workspace, job_ids: list[int] | None = None, project: str | None = None) -> list[JobStatus]:

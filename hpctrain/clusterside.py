@@ -5,6 +5,7 @@ same operations run as the cluster-side `hpctrain ... --json` over SSH. Nothing 
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -18,7 +19,7 @@ from .executor import scheduler_for
 from .groundtruth import is_junk
 from .project import Resources, Split, TrainParams
 from .registry import JobRecord, JobState, Registry
-from .runner import EVENTS, LOG, SCRIPT
+from .runner import EVENTS, LOG, SCRIPT, SETTINGS
 
 MODEL_SUFFIXES = (".mlmodel", ".safetensors")
 KINDS = ("transcription", "segmentation", "compile")
@@ -42,6 +43,7 @@ class JobRequest:
     container: str | None = None
     template_paths: tuple[str, ...] = ()
     base_path: str | None = None  # filled in by the cluster side
+    alerts: tuple[dict, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,9 @@ class JobStatus:
     early_stopped: bool = False
     error: str | None = None
     job_dir: str = ""
+    alerts: list = field(default_factory=list)   # open alerts, one message each
+    checkpoint_epoch: int | None = None
+    restarts: int = 0                            # times the job was requeued and started again
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -154,17 +159,59 @@ class ClusterSide:
         params = {"request": _request_json(request), "kraken": dialect.version, "split_sizes":
                   {k: len(v) for k, v in split.items()}, "hpctrain": __version__}
 
+        def render_files(job_id: int) -> tuple[str, dict]:
+            script, job = render_job(request, dialect, split, job_id, self.root, self.tree, template_paths)
+            return script, job.files
+
+        return self._submit(request, params, render_files, dry_run)
+
+    def submit_torchrun(self, request, dry_run: bool = False) -> Submission:
+        """Render and submit a torchrun DDP job (see torchrun.py)."""
+        from .render import render, search_path
+        from .torchrun import TEMPLATE, check_request, torchrun_context
+
+        check_request(request)
+        if self.executor != "slurm" and request.resources.nodes > 1:
+            raise HpctrainError(f"{request.resources.nodes} nodes need Slurm; the {self.executor} executor runs "
+                                "one node (set 'executor: slurm' in the profile)")
+        resume_from = self._checkpoint_of(request.resume_from) if request.resume_from else None
+        template_paths = [Path(p) for p in request.template_paths] + search_path(None, None)
+        params = {"request": _request_json(request), "hpctrain": __version__}
+
+        def render_files(job_id: int) -> tuple[str, dict]:
+            job_dir = str(self.root / self.job_dir_name(request.project, job_id, request.kind))
+            context, files = torchrun_context(request, job_dir, job_id, self.executor == "slurm", resume_from)
+            script = render(TEMPLATE, {**_common_context(request, job_id, job_dir), **context}, template_paths)
+            return script, files
+
+        return self._submit(request, params, render_files, dry_run)
+
+    def _checkpoint_of(self, job_id: int) -> str:
+        with self.registry() as registry:
+            record = registry.get(job_id)
+        progress = events.summarize(events.read(self.root / record.job_dir / EVENTS))
+        if not progress.checkpoint:
+            raise NotFoundError(f"job {job_id} has written no checkpoint yet: resume from a job that has "
+                                "(see 'hpctrain status')")
+        path = Path(progress.checkpoint)
+        return str(path if path.is_absolute() else self.root / record.job_dir / path)
+
+    def _submit(self, request, params: dict, render_files, dry_run: bool) -> Submission:
+        """Register the job, write its folder (script, files, job.json), hand it to the scheduler.
+
+        On any failure the registry entry and the folder are removed again: nothing half-submitted stays."""
+        kind, project, base = request.kind, request.project, getattr(request, "base", None)
         with self.registry() as registry:
             if dry_run:
                 job_id = registry.next_id()
-                script, _job = render_job(request, dialect, split, job_id, self.root, self.tree, template_paths)
-                return Submission(None, script, self.job_dir_name(request.project, job_id, request.kind))
-            record = registry.add(request.kind, request.project, request.base,
-                                  lambda i: self.job_dir_name(request.project, i, request.kind), params)
+                script, _files = render_files(job_id)
+                return Submission(None, script, self.job_dir_name(project, job_id, kind))
+            record = registry.add(kind, project, base, lambda i: self.job_dir_name(project, i, kind), params)
             try:
-                script, job = render_job(request, dialect, split, record.id, self.root, self.tree, template_paths)
+                script, files = render_files(record.id)
+                settings = {"monitor": getattr(request, "monitor", None), "alerts": list(request.alerts)}
                 job_dir = self.root / record.job_dir
-                self._write_job(job_dir, script, job.files)
+                self._write_job(job_dir, script, {**files, SETTINGS: json.dumps(settings, indent=1)})
                 scheduler_id = scheduler_for(self.executor, self.root).submit(job_dir, request.resources.time)
             except BaseException:
                 registry.delete(record.id)
@@ -286,13 +333,17 @@ def render_job(request: JobRequest, dialect, split: dict, job_id: int, root: Pat
     compiled_dir = str(root / tree.compiled / request.project / f"job{job_id}")
     job = builder(dialect, request, job_dir, compiled_dir, _device(request), split)
     run_prefix = ["apptainer", "exec", "--nv", request.container] if request.container else []
-    context = {
+    context = {**_common_context(request, job_id, job_dir), "run_prefix": run_prefix, **job.context}
+    return render(job.template, context, template_paths), job
+
+
+def _common_context(request, job_id: int, job_dir: str) -> dict:
+    """What base.sh.j2 needs of any job: names, resources, environment set-up."""
+    return {
         "version": __version__, "job_id": job_id, "kind": request.kind, "project": request.project,
         "job_name": f"hpctrain-{request.project}-{request.kind}-{job_id}", "res": request.resources,
         "env": {"modules": request.modules, "venv": request.venv}, "job_dir": job_dir,
-        "run_prefix": run_prefix, **job.context,
     }
-    return render(job.template, context, template_paths), job
 
 
 def _device(request: JobRequest) -> str:
@@ -301,9 +352,10 @@ def _device(request: JobRequest) -> str:
     return "cuda:0" if request.resources.gpus else "cpu"
 
 
-def _request_json(request: JobRequest) -> dict:
+def _request_json(request) -> dict:
     data = asdict(request)
     data.pop("template_paths")
+    data.pop("script_text", None)
     return data
 
 
@@ -317,4 +369,5 @@ def _row(record: JobRecord, state: JobState, progress: events.Progress) -> JobSt
         scheduler_id=record.scheduler_id, elapsed=elapsed, step=progress.step, epoch=progress.epoch,
         total_epochs=progress.total_epochs, best_metric=progress.best_metric, best_value=progress.best_value,
         best_model=best_model, test=progress.test, early_stopped=progress.early_stopped, error=progress.error,
-        job_dir=record.job_dir)
+        job_dir=record.job_dir, alerts=list(progress.alerts.values()), checkpoint_epoch=progress.checkpoint_epoch,
+        restarts=max(0, progress.starts - 1))

@@ -56,6 +56,10 @@ class Progress:
     error: str | None = None
     exit_code: int | None = None
     warnings: int = 0
+    alerts: dict = field(default_factory=dict)  # open alerts: rule -> message
+    checkpoint: str | None = None
+    checkpoint_epoch: int | None = None
+    starts: int = 0                             # more than one: the job was requeued and restarted
 
 
 def summarize(events: Iterator[dict]) -> Progress:
@@ -65,13 +69,14 @@ def summarize(events: Iterator[dict]) -> Progress:
         if kind == "start":
             progress.state, progress.started = "RUNNING", event.get("t")
             progress.ended = progress.exit_code = progress.error = None
+            progress.starts += 1
         elif kind == "step":
             progress.step = event.get("step")
         elif kind in ("epoch", "metrics"):
             progress.epoch = event.get("epoch", progress.epoch)
             progress.total_epochs = event.get("total", progress.total_epochs)
-            progress.metrics = event.get("metrics") or {k: v for k, v in event.items()
-                                                       if isinstance(v, (int, float)) and k not in ("t", "epoch")}
+            progress.metrics = event.get("metrics") or {k: v for k, v in event.items() if isinstance(v, (int, float))
+                                                       and k not in ("t", "epoch", "total")}
         elif kind == "best":
             progress.best_metric, progress.best_value = event.get("metric"), event.get("value")
         elif kind == "result":
@@ -82,6 +87,12 @@ def summarize(events: Iterator[dict]) -> Progress:
             progress.early_stopped = True
         elif kind == "warning":
             progress.warnings += 1
+        elif kind == "alert":
+            progress.alerts[str(event.get("rule"))] = event.get("message")
+        elif kind == "alert_cleared":
+            progress.alerts.pop(str(event.get("rule")), None)
+        elif kind == "checkpoint":
+            progress.checkpoint, progress.checkpoint_epoch = event.get("path"), event.get("epoch")
         elif kind == "end":
             progress.ended, progress.exit_code = event.get("t"), event.get("exit_code")
             progress.state = "COMPLETED" if event.get("exit_code") == 0 else "FAILED"

@@ -165,7 +165,10 @@ class SlurmScheduler:
                 return "\n".join(["#!/bin/bash", *ours, *theirs, *body]) + "\n"
 
         executor = Executor(folder=job_dir / "submitit")
-        executor.update_parameters(time=max(1, int(time_to_minutes(time_limit))), signal_delay_s=120)
+        # The runner is one task on the first node; a multi-node job script starts its own
+        # steps there (srun --overlap), e.g. one torchrun per node.
+        executor.update_parameters(time=max(1, int(time_to_minutes(time_limit))), signal_delay_s=120,
+                                   srun_args=["--nodes=1", "--ntasks=1"])
         try:
             job = executor.submit(JobRunner(str(job_dir)))
         except FileNotFoundError:

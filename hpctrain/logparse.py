@@ -8,7 +8,8 @@ that any script can print:
 An event is a flat JSON object with at least `event`. Kinds produced here:
 `epoch` (epoch, total, metrics, early_stopping), `best` (metric, value, epoch), `model` (path, score),
 `early_stop`, `stopped` (reason), `test` (char_accuracy, word_accuracy), `warning` (line),
-and anything a script sends with the marker.
+`alert` / `alert_cleared` (a project's metric bounds, see alerts.py), and anything a script
+sends with the marker. A `metrics` event is flat: `epoch`, optional `total`, then name: number.
 """
 from __future__ import annotations
 
@@ -33,9 +34,13 @@ _ERROR = re.compile(r"^(Error: .+|[A-Za-z_][\w.]*(Error|Exception): .+)$")
 class LogParser:
     """Feed it lines; it returns the events each line produces and remembers the last error line."""
 
-    def __init__(self) -> None:
+    def __init__(self, monitor: str | None = None, alerts=()) -> None:
+        from .alerts import AlertWatch
+
         self.last_error: str | None = None
         self.best: float | None = None
+        self.monitored = (monitor,) if monitor else MONITORED
+        self.alerts = AlertWatch(alerts)
 
     def feed(self, line: str) -> list[dict]:
         line = line.rstrip("\r\n")
@@ -74,6 +79,7 @@ class LogParser:
         events = [event]
         if event["event"] == "metrics":
             events += self._best_from(event, event.get("epoch"))
+            events += self.alerts.check(event, event.get("epoch"))
         return events
 
     def _stage(self, line: str) -> list[dict]:
@@ -90,12 +96,13 @@ class LogParser:
             waited, lag = int(early.group(1)), int(early.group(2))
             event["early_stopping"] = [waited, lag]
         events += self._best_from(metrics, epoch)
+        events += self.alerts.check(metrics, epoch)
         if early and waited >= lag:
             events.append({"event": "early_stop", "epoch": epoch})
         return events
 
     def _best_from(self, metrics: dict, epoch) -> list[dict]:
-        for name in MONITORED:
+        for name in self.monitored:
             value = metrics.get(name)
             if isinstance(value, (int, float)):
                 if self.best is None or value > self.best:

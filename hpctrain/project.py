@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from .alerts import alerts_from_list
 from .config import Workspace, read_yaml
 from .errors import ConfigError, NotFoundError
 from .names import check_name
@@ -75,6 +76,7 @@ class Project:
     transcription: TrainParams = field(default_factory=TrainParams)
     segmentation: TrainParams = field(default_factory=lambda: TrainParams(min_epochs=60, lag=20))
     resources: Resources = field(default_factory=Resources)
+    alerts: tuple = ()                 # alerts.Alert bounds on metrics, checked every epoch
 
     def ground_truth_path(self, workspace: Workspace) -> Path:
         path = Path(self.ground_truth).expanduser()
@@ -160,6 +162,7 @@ def project_from_mapping(name: str, data: Mapping[str, Any], where: str) -> Proj
                      f"{where} segmentation"), f"{where} segmentation"),
         resources=validate_resources(_section(Resources, data.get("resources"), f"{where} resources"),
                                      f"{where} resources"),
+        alerts=alerts_from_list(data.get("alerts"), f"{where}"),
     )
 
 

@@ -19,7 +19,7 @@ from .registry import JobRecord, JobState
 
 REMOTE_HOME = ".hpctrain"
 REMOTE_HPCTRAIN = f"{REMOTE_HOME}/venv/bin/hpctrain"
-OPERATIONS = ("status", "submit", "read_log", "cancel", "clean_plan", "clean", "base_models", "ensure_tree")
+OPERATIONS = ("status", "submit", "submit_torchrun", "read_log", "cancel", "clean_plan", "clean", "base_models", "ensure_tree")
 
 
 def request_from_json(data: dict) -> JobRequest:
@@ -29,7 +29,19 @@ def request_from_json(data: dict) -> JobRequest:
     data["resources"] = Resources(**data["resources"])
     data["modules"] = tuple(data.get("modules") or ())
     data["template_paths"] = ()
+    data["alerts"] = tuple(data.get("alerts") or ())
     return JobRequest(**data)
+
+
+def torchrun_request_from_json(data: dict):
+    from .torchrun import TorchrunRequest
+
+    data = dict(data)
+    data["resources"] = Resources(**data["resources"])
+    for key in ("args", "alerts", "modules"):
+        data[key] = tuple(data.get(key) or ())
+    data["template_paths"] = ()
+    return TorchrunRequest(**data)
 
 
 def record_from_json(data: dict | None) -> JobRecord | None:
@@ -64,6 +76,8 @@ def serve(request_text: str) -> dict:
         cluster = ClusterSide(Path(request["root"]).expanduser(), Tree(**request["tree"]), request["executor"])
         if op == "submit":
             args["request"] = request_from_json(args["request"])
+        if op == "submit_torchrun":
+            args["request"] = torchrun_request_from_json(args["request"])
         if op == "ensure_tree":
             cluster.root.mkdir(parents=True, exist_ok=True)
         return {"ok": True, "result": _encode(getattr(cluster, op)(**args))}
@@ -102,6 +116,10 @@ class RemoteCluster:
 
     def submit(self, request: JobRequest, dry_run: bool = False) -> Submission:
         data = self._call("submit", request=asdict(request), dry_run=dry_run)
+        return Submission(record_from_json(data["job"]), data["script"], data["job_dir"])
+
+    def submit_torchrun(self, request, dry_run: bool = False) -> Submission:
+        data = self._call("submit_torchrun", request=asdict(request), dry_run=dry_run)
         return Submission(record_from_json(data["job"]), data["script"], data["job_dir"])
 
     def status(self, job_ids=None, project=None) -> list[JobStatus]:

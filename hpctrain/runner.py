@@ -16,7 +16,7 @@ from . import events
 from .errors import HpctrainError
 from .logparse import LogParser
 
-SCRIPT, LOG, EVENTS, MODEL_DIR = "job.sh", "job.log", "events.jsonl", "model"
+SCRIPT, LOG, EVENTS, MODEL_DIR, SETTINGS = "job.sh", "job.log", "events.jsonl", "model", "job.json"
 
 
 class JobFailed(HpctrainError):
@@ -35,6 +35,19 @@ def find_best_model(job_dir: Path, reported: str | None) -> str | None:
             except ValueError:
                 return str(full)
     return None
+
+
+def _parser(job_dir: Path) -> LogParser:
+    """A log parser with the job's chosen metric and alerts (job.json, written at submission)."""
+    import json
+
+    from .alerts import Alert
+
+    try:
+        settings = json.loads((job_dir / SETTINGS).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        settings = {}
+    return LogParser(settings.get("monitor"), [Alert(**a) for a in settings.get("alerts", [])])
 
 
 class JobRunner:
@@ -61,7 +74,7 @@ class JobRunner:
         # a job's `module load` or venv activation still prepends its own.
         path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
         env = dict(os.environ, PATH=path, COLUMNS="250", PYTHONUNBUFFERED="1")
-        parser = LogParser()
+        parser = _parser(job_dir)
         reported_model = None
         with open(job_dir / LOG, "a", encoding="utf-8") as raw, \
                 open(job_dir / EVENTS, "a", encoding="utf-8") as sink:

@@ -50,6 +50,19 @@ class Cli:
         return CliRunner().invoke(main, ["-w", str(self.workspace), *args], input=input, catch_exceptions=False)
 
 
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def check_golden(name: str, text: str) -> None:
+    """Compare with tests/golden/NAME; refresh after an intended change with UPDATE_GOLDEN=1."""
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"missing golden file {path}: run with UPDATE_GOLDEN=1"
+    assert text == path.read_text(), f"{name} changed: review, then refresh with UPDATE_GOLDEN=1"
+
+
 def tree_snapshot(folder: Path) -> dict[str, float]:
     """Every file under `folder` with its size and mtime: to prove a command wrote nothing."""
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)

@@ -6,14 +6,13 @@ Refresh the golden files after an intended change with:
 from __future__ import annotations
 
 import json
-import os
 import shlex
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES
+from conftest import FIXTURES, check_golden
 from hpctrain.clusterside import JobRequest, render_job
 from hpctrain.config import Tree
 from hpctrain.errors import ConfigError, TemplateError
@@ -21,7 +20,6 @@ from hpctrain.kraken import dialect_for, split_pages
 from hpctrain.project import Resources, Split, TrainParams, project_from_mapping
 from hpctrain.render import packaged_template_dir, shell_quote
 
-GOLDEN = Path(__file__).parents[1] / "golden"
 ROOT = Path("/home/alice/hpc")
 PAGES = [f"{ROOT}/Ground_Truth/Projet_A/page{i:03d}.xml" for i in range(1, 21)]
 GUIDE_SPEC = ("[1,128,0,1 Cr4,16,32 Do0.1,2 Mp2,2 Cr4,16,32 Do0.1,2 Mp2,2 Cr3,8,64 Do0.1,2 Mp2,2 Cr3,8,64 "
@@ -45,15 +43,6 @@ def rendered(req: JobRequest, version: str, template_paths=None) -> str:
     script, _ = render_job(req, dialect_for(version), split, 7, ROOT, Tree(),
                            template_paths or [packaged_template_dir()])
     return script
-
-
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN"):
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"missing golden file {path}: run with UPDATE_GOLDEN=1"
-    assert text == path.read_text(), f"{name} changed: review, then refresh with UPDATE_GOLDEN=1"
 
 
 CASES = [
