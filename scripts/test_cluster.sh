@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# A real single-node Slurm cluster with accounting, and an sshd on 127.0.0.1, for the integration tests.
+# A real Slurm cluster with accounting (one node, plus two loopback slurmd for multi-node jobs) and an
+# sshd on 127.0.0.1, for the integration tests.
 #
 #   sudo scripts/test_cluster.sh up       # install (Debian packages) and start everything; idempotent
 #   sudo scripts/test_cluster.sh status   # what runs
 #   sudo scripts/test_cluster.sh down     # stop every daemon it started
 #
-# Daemons: munged, mariadbd, slurmdbd, slurmctld, slurmd (partition "publicgpu"), and sshd on
+# Daemons: munged, mariadbd, slurmdbd, slurmctld, slurmd (partition "publicgpu"; two more slurmd
+# as nodes n1 and n2 of partition "multinode", on loopback ports 17001-17002), and sshd on
 # 127.0.0.1:$HPCTRAIN_TEST_SSH_PORT (2222) for the non-root user $HPCTRAIN_TEST_USER (hpcuser), whose
 # home is the "cluster home". The client's key and a known_hosts holding the host key are written to
 # $STATE/client/; $STATE/env has the values tests read. The jobs' kraken lives in a venv
@@ -16,6 +18,7 @@ STATE="${HPCTRAIN_TEST_CLUSTER:-/var/lib/hpctrain-test-cluster}"
 CLUSTER_USER="${HPCTRAIN_TEST_USER:-hpcuser}"
 SSH_PORT="${HPCTRAIN_TEST_SSH_PORT:-2222}"
 KRAKEN_VENV="${HPCTRAIN_TEST_KRAKEN_VENV:-/opt/hpctrain-test-kraken}"
+MULTI_NODES="n[1-2]"
 PACKAGES=(slurm-wlm slurmdbd munge openssh-server mariadb-server rsync procps)
 DB_PASSWORD_FILE="$STATE/db-password"
 
@@ -95,11 +98,11 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
 StateSaveLocation=$STATE/slurmctld
-SlurmdSpoolDir=$STATE/slurmd
+SlurmdSpoolDir=$STATE/slurmd.%n
 SlurmctldPidFile=$STATE/slurmctld.pid
-SlurmdPidFile=$STATE/slurmd.pid
+SlurmdPidFile=$STATE/slurmd.%n.pid
 SlurmctldLogFile=$STATE/log/slurmctld.log
-SlurmdLogFile=$STATE/log/slurmd.log
+SlurmdLogFile=$STATE/log/slurmd.%n.log
 SlurmUser=root
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=5
@@ -110,6 +113,9 @@ MinJobAge=60
 KillWait=5
 NodeName=$host CPUs=$cpus RealMemory=$memory State=UNKNOWN
 PartitionName=publicgpu Nodes=$host Default=YES MaxTime=INFINITE State=UP
+# Two more slurmd on this machine, each on its own loopback port, for real multi-node jobs.
+NodeName=$MULTI_NODES NodeHostname=$host NodeAddr=127.0.0.1 Port=17001-17002 CPUs=1 RealMemory=2000 State=UNKNOWN
+PartitionName=multinode Nodes=$MULTI_NODES MaxTime=INFINITE State=UP
 EOF
     (umask 077 && cat > /etc/slurm/slurmdbd.conf <<EOF
 AuthType=auth/munge
@@ -134,8 +140,11 @@ start_slurm() {
     sacctmgr -i add user "$CLUSTER_USER" Account=hpctrain >/dev/null 2>&1 || true
     pgrep -x slurmctld >/dev/null || slurmctld
     wait_for 60 slurmctld scontrol ping
-    pgrep -x slurmd >/dev/null || slurmd
-    wait_for 60 "the slurm node" sh -c "sinfo -h -o %T | grep -qE '^(idle|mixed|allocated)'"
+    pgrep -fx slurmd >/dev/null || slurmd
+    for node in n1 n2; do
+        pgrep -fx "slurmd -N $node" >/dev/null || slurmd -N "$node"
+    done
+    wait_for 60 "the slurm nodes" sh -c "[ \"\$(sinfo -h -N -o %T | grep -cE '^(idle|mixed|allocated)')\" -ge 3 ]"
 }
 
 start_sshd() {
@@ -194,7 +203,7 @@ up() {
     start_sshd
     make_kraken_venv
     write_env
-    log "test cluster up: $(sinfo -h -o '%P %T %c CPUs') | ssh $CLUSTER_USER@127.0.0.1 -p $SSH_PORT"
+    log "test cluster up: $(sinfo -h -o '%P %T %D node(s) %c CPUs' | paste -sd ',') | ssh $CLUSTER_USER@127.0.0.1 -p $SSH_PORT"
 }
 
 down() {
@@ -202,6 +211,8 @@ down() {
     [ -f "$STATE/sshd.pid" ] && kill "$(cat "$STATE/sshd.pid")" 2>/dev/null || true
     mysqladmin shutdown 2>/dev/null || true
     pkill -x munged || true
+    # Gone for real before returning, so that an `up` right after starts fresh daemons.
+    wait_for 30 "the daemons' exit" sh -c '! pgrep -x "slurmd|slurmctld|slurmdbd|munged|mariadbd"'
     log "test cluster stopped"
 }
 

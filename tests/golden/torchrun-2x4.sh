@@ -19,6 +19,9 @@ cd WS/cluster/Repertoire_model_finetune/trainer/job1-torchrun
 # One torchrun per node; they meet at a c10d rendezvous on the first node of the allocation.
 NNODES="$SLURM_JOB_NUM_NODES"
 HEAD_NODE="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
+# The address Slurm itself reaches that node at (node names need not resolve everywhere).
+HEAD_ADDR="$(scontrol show node "$HEAD_NODE" -o | sed -n 's/.* NodeAddr=\([^ ]*\).*/\1/p')"
+HEAD_NODE="${HEAD_ADDR:-$HEAD_NODE}"
 RDZV_ID="$SLURM_JOB_ID"
 # A port of its own per job, below Linux's ephemeral range so that no client socket holds it.
 RDZV_PORT=$(( 15000 + SLURM_JOB_ID % 15000 ))

@@ -3,6 +3,7 @@ status with epochs, val AUC and an alert, fetch of the best checkpoint, and a se
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -74,3 +75,23 @@ def test_ddp_run_status_fetch_and_resume(cli, workspace, her2):
     resumed = next(e for e in events if e["event"] == "resumed")
     assert resumed["epoch"] == 3 and resumed["path"].endswith(f"job{job['id']}-torchrun/checkpoints/last.pt")
     assert [e["epoch"] for e in events if e["event"] == "metrics"] == [4, 5]
+
+
+def test_two_nodes_one_torchrun_each(cli, workspace, her2):
+    """Partition multinode: two more slurmd of the test cluster (n1, n2), so srun really spans two nodes."""
+    import subprocess
+
+    job = submit(cli, her2, 2, "--nodes", "2", "--cpus-per-task", "1", "--partition", "multinode",
+                 "--nproc-per-node", "1")
+    seen = states_until_final(cli, job["id"], timeout=600)
+    assert seen[-1] == "COMPLETED", (seen, cli("logs", str(job["id"])).stdout[-3000:])
+    assert "torchrun: 2 node(s) x 1 process(es)" in cli("logs", str(job["id"])).stdout
+    assert next(e for e in job_events(workspace, job) if e["event"] == "setup")["world_size"] == 2
+    deadline = time.monotonic() + 60
+    while True:  # accounting may lag the job's end
+        steps = subprocess.run(["sacct", "-n", "-P", "-o", "JobName,NodeList,NNodes", "-j", job["scheduler_id"]],
+                               capture_output=True, text=True).stdout.splitlines()
+        if "torchrun|n[1-2]|2" in steps:
+            break
+        assert time.monotonic() < deadline, steps
+        time.sleep(0.5)

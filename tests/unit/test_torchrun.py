@@ -15,7 +15,8 @@ from conftest import check_golden, tree_snapshot
 STUB = """#!/bin/bash
 printf '%s\\0' "$(basename "$0")" "$@" > "$STUB_OUT/$(basename "$0").argv"
 env | grep -E '^(OMP_NUM_THREADS|HPCTRAIN_)' | sort > "$STUB_OUT/$(basename "$0").env"
-if [ "$(basename "$0")" = scontrol ]; then printf 'gpu-n01\\ngpu-n02\\n'; fi
+if [ "$(basename "$0")" = scontrol ] && [ "$2" = hostnames ]; then printf 'gpu-n01\\ngpu-n02\\n'; fi
+if [ "$(basename "$0")" = scontrol ] && [ "$2" = node ]; then echo "NodeName=$3 Arch=x86_64 NodeAddr=10.1.0.1 NodeHostName=$3"; fi
 if [ "$(basename "$0")" = srun ] || [ "$(basename "$0")" = apptainer ]; then
     while [ "${1:-}" != torchrun ] && [ $# -gt 0 ]; do shift; done
     exec "$@"
@@ -69,7 +70,7 @@ def test_four_gpus_per_node(slurm_cli, tmp_path, nodes):
     torchrun = seen["torchrun.argv"]
     port = 15000 + 123456 % 15000
     assert {f"--nnodes={nodes}", "--nproc-per-node=4", "--rdzv-backend=c10d", "--rdzv-id=123456",
-            f"--rdzv-endpoint=gpu-n01:{port}", "--max-restarts=0"} <= set(torchrun)
+            f"--rdzv-endpoint=10.1.0.1:{port}", "--max-restarts=0"} <= set(torchrun)
     assert torchrun[-2:] == ["--data", "/scratch/her2"] and torchrun[-3].endswith("/code/trainer.py")
     assert "OMP_NUM_THREADS=8" in seen["torchrun.env"]  # 32 CPUs among 4 processes
     assert "HPCTRAIN_DIST_BACKEND=nccl" in seen["torchrun.env"]
