@@ -148,3 +148,28 @@ def test_alerts_from_the_project_reach_the_job(cli, workspace):
     settings = json.loads((job_dir / "job.json").read_text())
     assert settings == {"monitor": "val_auc", "alerts": [
         {"metric": "val_sensitivity_positive", "min": 0.97, "max": None, "after_epoch": 5}]}
+
+
+def test_the_request_crosses_ssh_as_json(tmp_path):
+    """What the laptop sends to `hpctrain cluster-call` renders the same job on the cluster side."""
+    from dataclasses import asdict
+
+    from hpctrain import __version__
+    from hpctrain.clusterside import ClusterSide
+    from hpctrain.config import Tree
+    from hpctrain.project import Resources
+    from hpctrain.remote import serve
+    from hpctrain.torchrun import TorchrunRequest
+
+    request = TorchrunRequest(project="her2", target="train.py", script_text="print(1)\n", args=("--lr", "1e-4"),
+                              resources=Resources(gpus=4, nodes=2), nproc_per_node=4, alerts=(
+                                  {"metric": "val_auc", "min": 0.9, "max": None, "after_epoch": 0},),
+                              modules=("cuda",))
+    root = tmp_path / "root"
+    ClusterSide(root, Tree(), "slurm").ensure_tree()
+    call = {"version": __version__, "root": str(root), "tree": asdict(Tree()), "executor": "slurm",
+            "op": "submit_torchrun", "args": {"request": json.loads(json.dumps(asdict(request))), "dry_run": True}}
+    answer = serve(json.dumps(call))
+    assert answer["ok"], answer
+    direct = ClusterSide(root, Tree(), "slurm").submit_torchrun(request, dry_run=True)
+    assert answer["result"]["script"] == direct.script and "module load cuda" in direct.script
