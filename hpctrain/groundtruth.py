@@ -100,12 +100,22 @@ def read_xml_facts(path: Path) -> _XmlFacts:
     return facts
 
 
+_real_dirs: dict[str, str] = {}  # realpath of folders, for one validate() run (cleared at its start)
+
+
+def _real_dir(path: str) -> str:
+    if path not in _real_dirs:
+        _real_dirs[path] = os.path.realpath(path)
+    return _real_dirs[path]
+
+
 def _inside(folder: Path, path: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
+    """True if `path`, links followed, stays under `folder` (folders resolved once, not per file)."""
+    root = _real_dir(str(folder))
+    real = os.path.join(_real_dir(os.path.dirname(os.path.abspath(path))), os.path.basename(path))
+    if os.path.islink(real):
+        real = os.path.realpath(real)
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def check_page(folder: Path, rel: str, fmt: str) -> tuple[Page | None, str | None]:
@@ -163,6 +173,7 @@ def scan(folder: Path) -> tuple[list[str], list[str], list[str], list[str]]:
 def validate(folder: Path, fmt: str = "page", need_split: bool = True) -> Report:
     """Validate a ground-truth folder. Never raises for bad content: problems go into the report."""
     report = Report(folder=folder, format=fmt)
+    _real_dirs.clear()
     if not folder.is_dir():
         report.problems.append(f"{folder}: ground-truth folder not found")
         return report

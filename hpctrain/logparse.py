@@ -128,3 +128,72 @@ def parse_lines(lines: Iterable[str]) -> Iterator[dict]:
     parser = LogParser()
     for line in lines:
         yield from parser.feed(line)
+
+
+# Every line the parser acts on contains one of these; the rest of a log (tables, progress noise)
+# is skipped in bulk without being decoded or split into lines.
+_KEYS = (b"stage ", MARKER.encode(), b"best model", b"ccuracy", b"max_epochs=", b"WARNING",
+         b"command not found", b"Error", b"Exception")
+
+
+def _candidate_lines(block: bytes) -> Iterator[bytes]:
+    """The lines of `block` (whole lines) that contain one of _KEYS, in order, each once."""
+    starts = set()
+    for key in _KEYS:
+        hit = block.find(key)
+        while hit != -1:
+            start = block.rfind(b"\n", 0, hit) + 1
+            starts.add(start)
+            end = block.find(b"\n", hit)
+            if end == -1:
+                break
+            hit = block.find(key, end)
+    for start in sorted(starts):
+        end = block.find(b"\n", start)
+        yield block[start:] if end == -1 else block[start:end]
+
+
+MAX_LINE = 64 << 20
+
+
+def parse_file(path, parser: LogParser | None = None, chunk_size: int = 8 << 20) -> Iterator[dict]:
+    """Stream the events of a log file of any size in constant memory (chunks, not the whole file)."""
+    parser = parser or LogParser()
+    with open(path, "rb") as handle:
+        rest = b""
+        while True:
+            chunk = handle.read(chunk_size)
+            if not chunk:
+                break
+            block = rest + chunk
+            cut = block.rfind(b"\n") + 1
+            if cut == 0 and len(block) < MAX_LINE:  # no line end yet: keep reading (a line is cut at MAX_LINE)
+                rest = block
+                continue
+            block, rest = (block[:cut], block[cut:]) if cut else (block, b"")
+            for line in _candidate_lines(block):
+                yield from parser.feed(line.decode("utf-8", errors="replace"))
+        for line in _candidate_lines(rest):
+            yield from parser.feed(line.decode("utf-8", errors="replace"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m hpctrain.logparse LOG`: the events of a log, counted by kind (JSON), or --events for all."""
+    import sys
+    from collections import Counter
+
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: python -m hpctrain.logparse LOG [--events]")
+        return 0 if args else 2
+    counts: Counter = Counter()
+    for event in parse_file(args[0]):
+        counts[event["event"]] += 1
+        if "--events" in args:
+            print(json.dumps(event, ensure_ascii=False))
+    print(json.dumps(dict(counts)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
