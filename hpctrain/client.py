@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 from .clusterside import MODEL_SUFFIXES, JobRequest, JobStatus, Submission
 from .config import WORKSPACE_DIRS, WORKSPACE_FILE, Workspace
-from .errors import ConfigError, GroundTruthError, HpctrainError, NotFoundError
+from .errors import ConfigError, GroundTruthError, HpctrainError, NotFoundError, TransportError
 from .groundtruth import Report, validate
 from .names import check_name
 from .project import Project, Resources, load_project, override_resources
@@ -239,7 +239,9 @@ def submit_torchrun(workspace: Workspace, script: str, args: tuple[str, ...] = (
 
 def _torchrun_target(script: str, module: bool) -> tuple[str, str | None]:
     if module:
-        return script, None
+        from .torchrun import check_module_name
+
+        return check_module_name(script), None
     path = Path(script).expanduser()
     if not path.is_file():
         raise NotFoundError(f"script {script} not found: give the path of a .py file, or pass --module "
@@ -335,6 +337,17 @@ def _job_to_fetch(cluster, target: str) -> JobStatus:
     return done[-1]
 
 
+def _inside_job(job: JobStatus, remote: str) -> str:
+    """`remote` relative to the job folder; a path that leaves it (a hostile or broken cluster) is refused."""
+    import posixpath
+
+    rel = posixpath.normpath(remote[len(job.job_dir) + 1:]) if remote.startswith(job.job_dir + "/") else ""
+    if not rel or rel.startswith(("../", "/")) or rel == "..":
+        raise TransportError(f"refusing to fetch {remote!r}: it is outside job {job.id}'s folder "
+                             "(fetch only brings files from the job's folder)")
+    return rel
+
+
 def fetch(workspace: Workspace, target: str) -> FetchResult:
     """Bring a job's best model, events, log and script into models/finetuned/PROJECT/jobN/."""
     with connect(workspace) as transport:
@@ -344,7 +357,7 @@ def fetch(workspace: Workspace, target: str) -> FetchResult:
         wanted = [job.best_model] + [f"{job.job_dir}/{rel}" for rel in FETCHED]
         available = transport.list_files(job.job_dir)
         for remote in wanted:
-            rel = remote[len(job.job_dir) + 1:]
+            rel = _inside_job(job, remote)
             if rel not in available:
                 continue
             local = destination / Path(rel).name if remote == job.best_model else destination / rel

@@ -46,11 +46,16 @@ class TorchrunRequest:
         return "torchrun"
 
 
+def check_module_name(name: str) -> str:
+    if not _MODULE.fullmatch(name):
+        raise ConfigError(f"{name!r} is not a Python module name such as pkg.train")
+    return name
+
+
 def check_request(request: TorchrunRequest) -> TorchrunRequest:
     """Refuse what could not run: bad names, counts, an oversized or binary script."""
     if request.script_text is None:
-        if not _MODULE.fullmatch(request.target):
-            raise ConfigError(f"{request.target!r} is not a Python module name such as pkg.train")
+        check_module_name(request.target)
     else:
         if not _SCRIPT_NAME.fullmatch(request.target):
             raise ConfigError(f"script name {request.target!r}: use letters, digits, '.', '_' or '-' and end in .py")
