@@ -60,6 +60,7 @@ class Progress:
     checkpoint: str | None = None
     checkpoint_epoch: int | None = None
     starts: int = 0                             # more than one: the job was requeued and restarted
+    requeued: int = 0
 
 
 def summarize(events: Iterator[dict]) -> Progress:
@@ -91,6 +92,9 @@ def summarize(events: Iterator[dict]) -> Progress:
             progress.alerts[str(event.get("rule"))] = event.get("message")
         elif kind == "alert_cleared":
             progress.alerts.pop(str(event.get("rule")), None)
+        elif kind == "requeue":
+            progress.requeued += 1
+            progress.state = "REQUEUED"
         elif kind == "checkpoint":
             progress.checkpoint, progress.checkpoint_epoch = event.get("path"), event.get("epoch")
         elif kind == "end":

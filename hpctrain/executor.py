@@ -136,6 +136,11 @@ def _directive_key(line: str) -> str:
     return line.split()[1].split("=")[0]
 
 
+def signal_delay(minutes: float) -> int:
+    """Seconds between the requeue signal and the time limit: 2 minutes, less for short jobs."""
+    return int(min(120, max(30, minutes * 60 / 4)))
+
+
 class SlurmScheduler:
     """submitit's SlurmExecutor; the submission file carries the rendered script's #SBATCH directives."""
 
@@ -167,7 +172,9 @@ class SlurmScheduler:
         executor = Executor(folder=job_dir / "submitit")
         # The runner is one task on the first node; a multi-node job script starts its own
         # steps there (srun --overlap), e.g. one torchrun per node.
-        executor.update_parameters(time=max(1, int(time_to_minutes(time_limit))), signal_delay_s=120,
+        minutes = max(1, int(time_to_minutes(time_limit)))
+        # USR2 comes this long before the time limit (and on preemption): the runner requeues the job.
+        executor.update_parameters(time=minutes, signal_delay_s=signal_delay(minutes),
                                    srun_args=["--nodes=1", "--ntasks=1"])
         try:
             job = executor.submit(JobRunner(str(job_dir)))

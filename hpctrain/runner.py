@@ -56,6 +56,37 @@ class JobRunner:
     def __init__(self, job_dir: str, queue_lock: str | None = None):
         self.job_dir = job_dir
         self.queue_lock = queue_lock
+        self._process: subprocess.Popen | None = None
+
+    def checkpoint(self, *args, **kwargs):
+        """Called by submitit on Slurm's preemption or time-limit signal: requeue, same job, same folder.
+
+        The job's processes are stopped (its last checkpoint is on disk: the trainer writes one every
+        epoch, ketos one per epoch) and the same runner is resubmitted; its script starts again in
+        the same folder and resumes from that checkpoint. The registry keeps one job; each start is
+        an event, so `status` counts the restarts."""
+        import submitit
+
+        with open(Path(self.job_dir) / EVENTS, "a", encoding="utf-8") as sink:
+            events.append(sink, {"event": "requeue", "reason": "preempted or near its time limit"})
+        self._stop_job()
+        return submitit.helpers.DelayedSubmission(JobRunner(self.job_dir, self.queue_lock))
+
+    def _stop_job(self, grace: float = 20.0) -> None:
+        """SIGTERM to the job's process group, SIGKILL to what is left after `grace` seconds."""
+        import signal
+
+        if self._process is None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self._process.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self._process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                continue
 
     def __call__(self) -> dict:
         if not self.queue_lock:
@@ -75,7 +106,9 @@ class JobRunner:
         path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
         env = dict(os.environ, PATH=path, COLUMNS="250", PYTHONUNBUFFERED="1")
         parser = _parser(job_dir)
-        reported_model = None
+        # A requeued job may not beat, after its restart, the best model it reported before it.
+        reported_model = next((e["path"] for e in reversed(list(events.read(job_dir / EVENTS)))
+                               if e.get("event") == "model" and e.get("path")), None)
         with open(job_dir / LOG, "a", encoding="utf-8") as raw, \
                 open(job_dir / EVENTS, "a", encoding="utf-8") as sink:
             events.append(sink, {"event": "start", "host": socket.gethostname()})
@@ -85,6 +118,7 @@ class JobRunner:
                 start_new_session=True,  # its own process group, so that cancel reaches ketos' workers
             )
             events.append(sink, {"event": "process", "pgid": process.pid})
+            self._process = process
             for line in process.stdout:
                 raw.write(line)
                 raw.flush()
