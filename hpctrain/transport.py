@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from .clusterside import ClusterSide
 from .config import Workspace
-from .errors import ConfigError, TransportError
+from .errors import ConfigError, HpctrainError, TransportError
 
 
 @dataclass(frozen=True)
@@ -302,8 +302,21 @@ class SshTransport:
     def __enter__(self) -> "SshTransport":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.close()
+        except Exception:  # closing a dropped connection may fail too; the first error matters
+            pass
+        if exc is not None and _connection_lost(exc):
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            raise TransportError(f"the connection to {self.target.key_name} dropped ({detail}): run the command "
+                                 "again; files already sent are complete and are not sent twice") from exc
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """A dropped or refused SSH connection (paramiko's errors, EOF, resets), not a local file error."""
+    return (not isinstance(exc, HpctrainError)
+            and (type(exc).__module__.startswith("paramiko") or isinstance(exc, (EOFError, ConnectionError))))
 
 
 def connect(workspace: Workspace):
