@@ -90,7 +90,7 @@ def test_slurmctld_down_is_a_clear_error_and_loses_nothing(cli, workspace, slurm
     subprocess.run(["pkill", "-x", "slurmctld"], check=True)
     try:
         deadline = time.monotonic() + 30
-        while subprocess.run(["scontrol", "ping"], capture_output=True).returncode == 0:
+        while subprocess.run(["pgrep", "-x", "slurmctld"], capture_output=True).returncode == 0:  # gone for real
             assert time.monotonic() < deadline
             time.sleep(0.2)
         result = cli("submit", "transcription", "Demo", "--no-base", "--time", "00:05:00")
@@ -109,3 +109,38 @@ def test_no_sbatch_is_a_clear_error(cli, workspace, slurm_project, monkeypatch):
     assert "sbatch not found on this machine" in result.stderr.strip().splitlines()[-1]
     monkeypatch.undo()
     assert cli("status").stdout.startswith("no jobs yet")
+
+
+def test_slurmctld_stopped_during_status_of_a_live_job(cli, workspace, slurm_project):
+    import sqlite3
+
+    set_project(workspace, "Demo", transcription={"epochs": 500})
+    job = json.loads(cli("submit", "transcription", "Demo", "--no-base", "--json").stdout)["job"]
+    deadline = time.monotonic() + 120
+    while json.loads(cli("status", str(job["id"]), "--json").stdout)[0]["state"] != "RUNNING":
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    registry = workspace / "cluster" / ".hpctrain" / "registry.sqlite"
+
+    def rows():
+        with sqlite3.connect(registry) as db:
+            return db.execute("SELECT id, kind, project, state, job_dir, scheduler_id FROM jobs").fetchall()
+
+    before = rows()
+    subprocess.run(["pkill", "-x", "slurmctld"], check=True)
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run(["pgrep", "-x", "slurmctld"], capture_output=True).returncode == 0:  # gone for real
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        result = cli("status")
+        if result.exit_code:  # the controller was needed (a job accounting does not know yet)
+            last = result.stderr.strip().splitlines()[-1]
+            assert last.startswith("hpctrain: error: squeue") and "Traceback" not in result.output, result.output
+        else:  # accounting (slurmdbd) answered on its own: the job is still shown as it is
+            assert "RUNNING" in result.stdout, result.stdout
+        assert rows() == before
+    finally:
+        subprocess.run(["bash", str(ROOT / "scripts" / "test_cluster.sh"), "up"], check=True, capture_output=True)
+    assert json.loads(cli("status", str(job["id"]), "--json").stdout)[0]["state"] in ("RUNNING", "PENDING")
+    assert "CANCELLED" in cli("cancel", str(job["id"])).stdout
