@@ -47,6 +47,11 @@ class Dialect:
         return self.major >= 7
 
     @property
+    def can_resume(self) -> bool:
+        """`ketos train/segtrain --resume CKPT` (checked for 7.1.1; 4.x has no resume)."""
+        return self.major >= 7
+
+    @property
     def fixed_quit(self) -> str:
         return "fixed" if self.major >= 5 else "dumb"
 
@@ -146,6 +151,26 @@ def segtrain_step(dialect: Dialect, params: TrainParams, base: str | None, out_d
     return dialect.ketos("segtrain", args, device)
 
 
+RESUME = ShellVar("RESUME")
+
+
+def resume_step(dialect: Dialect, step: list) -> list | None:
+    """The same training continued from checkpoint $RESUME (a requeued job), or None if the version
+    cannot resume. --resume excludes -i (the checkpoint holds the network), so -i/--resize/-s go."""
+    if not dialect.can_resume:
+        return None
+    args, skip = [], 0
+    for item in step:
+        if skip:
+            skip -= 1
+        elif item in ("-i", "--resize", "-s"):
+            skip = 1
+        else:
+            args.append(item)
+    at = max(args.index(sub) for sub in ("train", "segtrain") if sub in args) + 1
+    return args[:at] + ["--resume", RESUME] + args[at:]
+
+
 SPLIT_PARTS = ("train", "validation", "test")
 
 
@@ -205,14 +230,16 @@ def transcription_job(dialect, request, job_dir: str, compiled_dir: str, device:
         "best_glob": dialect.best_model_glob(out_dir),
         "test_step": test_step(dialect, f"{compiled_dir}/test.arrow", device),
     }
+    context["resume_step"] = resume_step(dialect, context["train_step"])
     return KrakenJob("kraken/transcription.sh.j2", context, files)
 
 
 def segmentation_job(dialect, request, job_dir: str, compiled_dir: str, device: str, split) -> KrakenJob:
     out_dir = f"{job_dir}/{MODEL_FOLDER}"
-    context = {"out_dir": out_dir, "train_step": segtrain_step(dialect, request.params, request.base_path, out_dir, request.format,
-                                           f"{job_dir}/split/train.txt", f"{job_dir}/split/validation.txt",
-                                           device)}
+    step = segtrain_step(dialect, request.params, request.base_path, out_dir, request.format,
+                         f"{job_dir}/split/train.txt", f"{job_dir}/split/validation.txt", device)
+    context = {"out_dir": out_dir, "train_step": step, "resume_step": resume_step(dialect, step),
+               "best_glob": dialect.best_model_glob(out_dir)}
     return KrakenJob("kraken/segmentation.sh.j2", context, _split_files(split))
 
 

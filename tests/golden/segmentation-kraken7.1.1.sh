@@ -22,4 +22,13 @@ cd /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation
 
 hpctrain_step train
 mkdir -p /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/model
-ketos -d cuda:0 --workers "${CPUS}" --threads "${CPUS}" segtrain -f page -o /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/model --weights-format coreml --optimizer Adam -r 0.0001 --augment -q early --lag 20 --min-epochs 60 -N 200 -i /home/alice/hpc/Model_de_base/blla.mlmodel --resize new -t /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/split/train.txt -e /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/split/validation.txt
+# A requeued job starts again here: it continues from the newest checkpoint ketos left, if any
+# (the best model is converted again at the end, so the earlier conversion goes first).
+RESUME="$(ls -1t /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/model/*.ckpt 2>/dev/null | head -n 1 || true)"
+if [ -n "$RESUME" ]; then
+    echo "resuming from $RESUME"
+    rm -f /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/model/best_*.mlmodel
+    ketos -d cuda:0 --workers "${CPUS}" --threads "${CPUS}" segtrain --resume "${RESUME}" -f page -o /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/model --weights-format coreml --optimizer Adam -r 0.0001 --augment -q early --lag 20 --min-epochs 60 -N 200 -t /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/split/train.txt -e /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/split/validation.txt
+else
+    ketos -d cuda:0 --workers "${CPUS}" --threads "${CPUS}" segtrain -f page -o /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/model --weights-format coreml --optimizer Adam -r 0.0001 --augment -q early --lag 20 --min-epochs 60 -N 200 -i /home/alice/hpc/Model_de_base/blla.mlmodel --resize new -t /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/split/train.txt -e /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/split/validation.txt
+fi

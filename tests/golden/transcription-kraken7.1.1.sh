@@ -28,7 +28,16 @@ ketos -d cuda:0 --workers "${CPUS}" --threads "${CPUS}" compile -f page -o /home
 
 hpctrain_step train
 mkdir -p /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/model
-ketos -d cuda:0 --workers "${CPUS}" --threads "${CPUS}" train -f binary -o /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/model --weights-format coreml --optimizer Adam -r 0.0001 --augment -q early --lag 10 --min-epochs 20 -N 50 -i /home/alice/hpc/Model_de_base/tridis_v2.mlmodel --resize new --pad 24 -e /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/split/validation_arrow.txt /home/alice/hpc/GT_compile/Projet_A/job7/train.arrow
+# A requeued job starts again here: it continues from the newest checkpoint ketos left, if any
+# (the best model is converted again at the end, so the earlier conversion goes first).
+RESUME="$(ls -1t /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/model/*.ckpt 2>/dev/null | head -n 1 || true)"
+if [ -n "$RESUME" ]; then
+    echo "resuming from $RESUME"
+    rm -f /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/model/best_*.mlmodel
+    ketos -d cuda:0 --workers "${CPUS}" --threads "${CPUS}" train --resume "${RESUME}" -f binary -o /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/model --weights-format coreml --optimizer Adam -r 0.0001 --augment -q early --lag 10 --min-epochs 20 -N 50 --pad 24 -e /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/split/validation_arrow.txt /home/alice/hpc/GT_compile/Projet_A/job7/train.arrow
+else
+    ketos -d cuda:0 --workers "${CPUS}" --threads "${CPUS}" train -f binary -o /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/model --weights-format coreml --optimizer Adam -r 0.0001 --augment -q early --lag 10 --min-epochs 20 -N 50 -i /home/alice/hpc/Model_de_base/tridis_v2.mlmodel --resize new --pad 24 -e /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/split/validation_arrow.txt /home/alice/hpc/GT_compile/Projet_A/job7/train.arrow
+fi
 
 BEST_MODEL="$(ls -1t /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/model/best_*.mlmodel 2>/dev/null | head -n 1 || true)"
 if [ -z "$BEST_MODEL" ]; then

@@ -22,7 +22,16 @@ ketos -d cpu --workers "${CPUS}" --threads "${CPUS}" compile -f page -o /home/al
 
 hpctrain_step train
 mkdir -p /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/model
-ketos -d cpu --workers "${CPUS}" --threads "${CPUS}" train -f binary -o /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/model --weights-format coreml --optimizer Adam -r 0.0001 --augment -q early --lag 10 --min-epochs 20 -N 50 -s '[1,128,0,1 Cr4,16,32 Do0.1,2 Mp2,2 Cr4,16,32 Do0.1,2 Mp2,2 Cr3,8,64 Do0.1,2 Mp2,2 Cr3,8,64 Do0.1,2 S1(1x0)1,3 Lbx256 Do0.3,2 Lbx256 Do0.3,2 Lbx256 Do0.3]' --pad 24 -e /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/split/validation_arrow.txt /home/alice/hpc/GT_compile/Projet_A/job7/train.arrow
+# A requeued job starts again here: it continues from the newest checkpoint ketos left, if any
+# (the best model is converted again at the end, so the earlier conversion goes first).
+RESUME="$(ls -1t /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/model/*.ckpt 2>/dev/null | head -n 1 || true)"
+if [ -n "$RESUME" ]; then
+    echo "resuming from $RESUME"
+    rm -f /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/model/best_*.mlmodel
+    ketos -d cpu --workers "${CPUS}" --threads "${CPUS}" train --resume "${RESUME}" -f binary -o /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/model --weights-format coreml --optimizer Adam -r 0.0001 --augment -q early --lag 10 --min-epochs 20 -N 50 --pad 24 -e /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/split/validation_arrow.txt /home/alice/hpc/GT_compile/Projet_A/job7/train.arrow
+else
+    ketos -d cpu --workers "${CPUS}" --threads "${CPUS}" train -f binary -o /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/model --weights-format coreml --optimizer Adam -r 0.0001 --augment -q early --lag 10 --min-epochs 20 -N 50 -s '[1,128,0,1 Cr4,16,32 Do0.1,2 Mp2,2 Cr4,16,32 Do0.1,2 Mp2,2 Cr3,8,64 Do0.1,2 Mp2,2 Cr3,8,64 Do0.1,2 S1(1x0)1,3 Lbx256 Do0.3,2 Lbx256 Do0.3,2 Lbx256 Do0.3]' --pad 24 -e /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/split/validation_arrow.txt /home/alice/hpc/GT_compile/Projet_A/job7/train.arrow
+fi
 
 BEST_MODEL="$(ls -1t /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/model/best_*.mlmodel 2>/dev/null | head -n 1 || true)"
 if [ -z "$BEST_MODEL" ]; then

@@ -61,7 +61,8 @@ def test_golden(version, kind, base, changes):
 
 
 def ketos_lines(script: str) -> list[list[str]]:
-    return [shlex.split(line) for line in script.splitlines() if line.startswith(("ketos ", "apptainer "))]
+    return [shlex.split(line) for line in (raw.strip() for raw in script.splitlines())
+            if line.startswith(("ketos ", "apptainer "))]
 
 
 def split_command(argv: list[str], options: dict) -> tuple[list[str], str, list[str]]:
@@ -152,8 +153,20 @@ def test_shell_quote_round_trips_hostile_values(value):
 def test_hostile_values_reach_the_script_only_quoted():
     hostile = "/home/alice/$(touch pwned)/m'odel"
     script = rendered(request(base_path=hostile), "7.1.1")
-    train = next(l for l in ketos_lines(script) if "train" in l)
+    train = next(l for l in ketos_lines(script) if "train" in l and "-i" in l)
     assert train[train.index("-i") + 1] == hostile
+
+
+def test_resume_step_continues_the_same_training():
+    for version, expected in (("7.1.1", True), ("4.3.13", False)):
+        script = rendered(request(), version)
+        lines = [l for l in ketos_lines(script) if "train" in l]
+        assert (len(lines) == 2) == expected
+    resume, fresh = [l for l in ketos_lines(rendered(request(), "7.1.1")) if "train" in l]
+    assert resume[resume.index("train") + 1:resume.index("train") + 3] == ["--resume", "${RESUME}"]
+    assert "-i" not in resume and "--resize" not in resume and "-i" in fresh
+    assert [a for a in fresh if a not in ("-i", "--resize", "new") and "tridis" not in a] == \
+        [a for a in resume if a not in ("--resume", "${RESUME}")]
 
 
 @pytest.mark.parametrize("field, value", [("partition", "gpu\n#SBATCH --uid=0"), ("time", "5:00; rm"),
