@@ -42,3 +42,23 @@ def ssh_workspace(tmp_path, cluster, root_name, known_hosts=None, key=None, port
     return ws
 
 
+
+
+def use_slurm(workspace: Path) -> None:
+    """Switch the workspace's local profile to the test cluster's Slurm (login-node mode)."""
+    import pytest
+
+    if subprocess.run(["scontrol", "ping"], capture_output=True).returncode:
+        pytest.fail("slurmctld is not running: start the test cluster with 'sudo scripts/test_cluster.sh up'")
+    config = workspace / "hpctrain.yaml"
+    config.write_text(config.read_text().replace("executor: local", "executor: slurm"))
+
+
+def wait_until_running(cli, job_id, timeout: float = 120) -> None:
+    import json
+    import time
+
+    deadline = time.monotonic() + timeout
+    while json.loads(cli("status", str(job_id), "--json").stdout)[0]["state"] != "RUNNING":
+        assert time.monotonic() < deadline, f"job {job_id} not RUNNING after {timeout} s"
+        time.sleep(0.3)

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from conftest import load_script
+from integration_helpers import use_slurm
 from test_slurm import states_until_final
 
 pytestmark = pytest.mark.integration
@@ -37,10 +38,7 @@ for epoch in range(start, 10000):
 
 @pytest.fixture
 def slurm_cli(cli, workspace):
-    if subprocess.run(["scontrol", "ping"], capture_output=True).returncode:
-        pytest.fail("slurmctld is not running: start the test cluster with 'sudo scripts/test_cluster.sh up'")
-    config = workspace / "hpctrain.yaml"
-    config.write_text(config.read_text().replace("executor: local", "executor: slurm"))
+    use_slurm(workspace)
     return cli
 
 

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from conftest import ROOT, set_project, tree_snapshot
+from integration_helpers import use_slurm, wait_until_running
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("kraken")
@@ -15,10 +16,7 @@ pytest.importorskip("kraken")
 
 @pytest.fixture
 def slurm_project(cli, workspace, demo_project):
-    if subprocess.run(["scontrol", "ping"], capture_output=True).returncode:
-        pytest.fail("slurmctld is not running: start the test cluster with 'sudo scripts/test_cluster.sh up'")
-    config = workspace / "hpctrain.yaml"
-    config.write_text(config.read_text().replace("executor: local", "executor: slurm"))
+    use_slurm(workspace)
     set_project(workspace, "Demo", transcription={"early_stopping": False, "epochs": 3},
                 resources={"cpus": 2, "time": "00:20:00", "partition": "publicgpu"})
     assert cli("push", "Demo").exit_code == 0
@@ -64,10 +62,7 @@ def test_transcription_runs_under_slurm(cli, workspace, slurm_project):
 def test_cancel_under_slurm(cli, workspace, slurm_project):
     set_project(workspace, "Demo", transcription={"epochs": 500})
     job = json.loads(cli("submit", "transcription", "Demo", "--no-base", "--json").stdout)["job"]
-    deadline = time.monotonic() + 120
-    while json.loads(cli("status", str(job["id"]), "--json").stdout)[0]["state"] != "RUNNING":
-        assert time.monotonic() < deadline
-        time.sleep(0.3)
+    wait_until_running(cli, job["id"])
     assert "CANCELLED" in cli("cancel", str(job["id"])).stdout
     deadline = time.monotonic() + 60
     while not sacct_state(job["scheduler_id"]).startswith("CANCELLED"):
@@ -85,14 +80,18 @@ def test_invalid_partition_is_refused_and_nothing_is_registered(cli, workspace, 
     assert not list((workspace / "cluster" / "Repertoire_model_finetune").rglob("job.sh"))
 
 
+def stop_slurmctld() -> None:
+    subprocess.run(["pkill", "-x", "slurmctld"], check=True)
+    deadline = time.monotonic() + 30
+    while subprocess.run(["pgrep", "-x", "slurmctld"], capture_output=True).returncode == 0:  # gone for real
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
 def test_slurmctld_down_is_a_clear_error_and_loses_nothing(cli, workspace, slurm_project):
     before = tree_snapshot(workspace / "cluster" / "Ground_Truth")
-    subprocess.run(["pkill", "-x", "slurmctld"], check=True)
+    stop_slurmctld()
     try:
-        deadline = time.monotonic() + 30
-        while subprocess.run(["pgrep", "-x", "slurmctld"], capture_output=True).returncode == 0:  # gone for real
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
         result = cli("submit", "transcription", "Demo", "--no-base", "--time", "00:05:00")
         assert result.exit_code != 0
         assert result.stderr.strip().splitlines()[-1].startswith("hpctrain: error: sbatch refused the job")
@@ -116,10 +115,7 @@ def test_slurmctld_stopped_during_status_of_a_live_job(cli, workspace, slurm_pro
 
     set_project(workspace, "Demo", transcription={"epochs": 500})
     job = json.loads(cli("submit", "transcription", "Demo", "--no-base", "--json").stdout)["job"]
-    deadline = time.monotonic() + 120
-    while json.loads(cli("status", str(job["id"]), "--json").stdout)[0]["state"] != "RUNNING":
-        assert time.monotonic() < deadline
-        time.sleep(0.3)
+    wait_until_running(cli, job["id"])
     registry = workspace / "cluster" / ".hpctrain" / "registry.sqlite"
 
     def rows():
@@ -127,12 +123,8 @@ def test_slurmctld_stopped_during_status_of_a_live_job(cli, workspace, slurm_pro
             return db.execute("SELECT id, kind, project, state, job_dir, scheduler_id FROM jobs").fetchall()
 
     before = rows()
-    subprocess.run(["pkill", "-x", "slurmctld"], check=True)
+    stop_slurmctld()
     try:
-        deadline = time.monotonic() + 30
-        while subprocess.run(["pgrep", "-x", "slurmctld"], capture_output=True).returncode == 0:  # gone for real
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
         result = cli("status")
         if result.exit_code:  # the controller was needed (a job accounting does not know yet)
             last = result.stderr.strip().splitlines()[-1]

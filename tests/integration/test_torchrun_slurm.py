@@ -8,6 +8,7 @@ import time
 import pytest
 
 from conftest import load_script, set_project
+from integration_helpers import use_slurm
 from test_slurm import states_until_final
 
 pytestmark = pytest.mark.integration
@@ -17,12 +18,8 @@ make_sample_images = load_script("make_sample_images")
 
 @pytest.fixture
 def her2(cli, workspace, tmp_path):
-    import subprocess
 
-    if subprocess.run(["scontrol", "ping"], capture_output=True).returncode:
-        pytest.fail("slurmctld is not running: start the test cluster with 'sudo scripts/test_cluster.sh up'")
-    config = workspace / "hpctrain.yaml"
-    config.write_text(config.read_text().replace("executor: local", "executor: slurm"))
+    use_slurm(workspace)
     assert cli("project", "new", "her2").exit_code == 0
     # An alert that cannot be met (sensitivity above 1) fires from epoch 2 on; one that always holds never does.
     set_project(workspace, "her2", resources={"cpus": 2, "time": "00:15:00", "partition": "publicgpu"},
