@@ -32,6 +32,25 @@ class SetupResult:
     changed: bool = True
 
 
+BUILD_ID_FILE = f"{REMOTE_HOME}/build-id"
+
+
+def build_id() -> str:
+    """A digest of this hpctrain's files: two builds of the same version (a checkout) differ in it."""
+    import hashlib
+
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256(__version__.encode())
+    for path in sorted(p for p in package.rglob("*") if p.is_file() and p.suffix in (".py", ".j2")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def remote_build_id(connection) -> str | None:
+    code, out, _err = connection.run(["cat", BUILD_ID_FILE])
+    return out.strip() if code == 0 else None
+
+
 def remote_version(connection) -> str | None:
     code, out, _err = connection.run([REMOTE_HPCTRAIN, "--version"])
     return out.split()[-1] if code == 0 and out.split() else None
@@ -65,14 +84,15 @@ def gather_wheels(folder: Path, python: str, platform: str) -> list[Path]:
 
 
 def setup(transport, force: bool = False, progress=None) -> SetupResult:
-    """Install (or upgrade) the cluster-side hpctrain; a no-op when the same version is there."""
+    """Install (or upgrade) the cluster-side hpctrain; a no-op when the same build is there."""
     connection = transport.connection
     previous = remote_version(connection)
     code, out, err = connection.run(["python3", "-c", PROBE])
     if code:
         raise TransportError("python3 not found on the cluster: load a Python module in your shell profile")
     probe = json.loads(out)
-    if previous == __version__ and not force:
+    local_build = build_id()
+    if previous == __version__ and remote_build_id(connection) == local_build and not force:
         return SetupResult(__version__, previous, probe["python"], changed=False)
     with tempfile.TemporaryDirectory(prefix="hpctrain-wheels-") as tmp:
         wheels = gather_wheels(Path(tmp), probe["python"], probe["platform"])
@@ -89,6 +109,9 @@ def setup(transport, force: bool = False, progress=None) -> SetupResult:
             code, _out, err = connection.run(step)
             if code:
                 raise TransportError(f"cluster-side install failed: {(err.strip().splitlines() or ['?'])[-1]}")
+    code, _out, err = connection.run(["sh", "-c", 'cat > "$0"', BUILD_ID_FILE], input=local_build + "\n")
+    if code:
+        raise TransportError(f"cluster-side install failed: could not write {BUILD_ID_FILE}: {err.strip()}")
     installed = remote_version(connection)
     if installed != __version__:
         raise TransportError(f"after setup the cluster reports hpctrain {installed}, expected {__version__}")
