@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 from .clusterside import MODEL_SUFFIXES, JobRequest, JobStatus, Submission
 from .config import WORKSPACE_DIRS, WORKSPACE_FILE, Workspace
-from .errors import ConfigError, GroundTruthError, HpctrainError, NotFoundError, TransportError
+from .errors import ConfigError, GroundTruthError, HpctrainError, InvalidName, NotFoundError, TransportError
 from .groundtruth import Report, validate
 from .names import check_name
 from .project import Project, Resources, load_project, override_resources
@@ -210,15 +210,9 @@ def submit_torchrun(workspace: Workspace, script: str, args: tuple[str, ...] = (
     """Submit SCRIPT (a local .py file, a module with `module`, or hpctrain.trainer) as a torchrun DDP job.
 
     With `project`, its project file gives resources and alerts; flags win over it."""
-    from .torchrun import REFERENCE_TRAINER, TorchrunRequest
+    from .torchrun import TorchrunRequest
 
-    if script == REFERENCE_TRAINER:
-        from importlib.resources import files
-
-        # Read, not imported: the laptop needs no torch to send it.
-        target, text = "trainer.py", (files("hpctrain") / "trainer.py").read_text(encoding="utf-8")
-    else:
-        target, text = _torchrun_target(script, module)
+    target, text = _torchrun_target(script, module)
     if project:
         loaded = load_project(workspace, project)
         base, alerts = loaded.resources, loaded.alerts
@@ -238,6 +232,14 @@ def submit_torchrun(workspace: Workspace, script: str, args: tuple[str, ...] = (
 
 
 def _torchrun_target(script: str, module: bool) -> tuple[str, str | None]:
+    """(file name, text) of the script to send, or (module, None) for `torchrun -m`."""
+    from .torchrun import REFERENCE_TRAINER
+
+    if script == REFERENCE_TRAINER:
+        from importlib.resources import files
+
+        # Read, not imported: the laptop needs no torch to send it.
+        return "trainer.py", (files("hpctrain") / "trainer.py").read_text(encoding="utf-8")
     if module:
         from .torchrun import check_module_name
 
@@ -257,7 +259,7 @@ def _label_for(target: str) -> str:
     stem = target[:-3] if target.endswith(".py") else target.rsplit(".", 1)[-1]
     try:
         return check_name(stem, "project name")
-    except HpctrainError:
+    except InvalidName:
         raise ConfigError(f"cannot name the job after {target!r}: pass --project NAME") from None
 
 

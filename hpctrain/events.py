@@ -60,7 +60,6 @@ class Progress:
     checkpoint: str | None = None
     checkpoint_epoch: int | None = None
     starts: int = 0                             # more than one: the job was requeued and restarted
-    requeued: int = 0
 
 
 def summarize(events: Iterator[dict]) -> Progress:
@@ -93,7 +92,6 @@ def summarize(events: Iterator[dict]) -> Progress:
         elif kind == "alert_cleared":
             progress.alerts.pop(str(event.get("rule")), None)
         elif kind == "requeue":
-            progress.requeued += 1
             progress.state = "REQUEUED"
         elif kind == "checkpoint":
             progress.checkpoint, progress.checkpoint_epoch = event.get("path"), event.get("epoch")

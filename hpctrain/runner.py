@@ -58,7 +58,7 @@ class JobRunner:
         self.queue_lock = queue_lock
         self._process: subprocess.Popen | None = None
 
-    def checkpoint(self, *args, **kwargs):
+    def checkpoint(self):
         """Called by submitit on Slurm's preemption or time-limit signal: requeue, same job, same folder.
 
         The job's processes are stopped (its last checkpoint is on disk: the trainer writes one every

@@ -354,7 +354,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(shuffle_seed)
         return torch.utils.data.DataLoader(dataset, batch_size=self.args.batch_size, sampler=sampler,
                                            num_workers=self.args.workers, generator=generator,
-                                           persistent_workers=False, pin_memory=self.dist.device.type == "cuda")
+                                           pin_memory=self.dist.device.type == "cuda")
 
     def autocast(self):
         if self.amp_dtype is None:
