@@ -27,7 +27,10 @@ def test_status_ignores_a_half_written_event_line(workspace, cli):
     cli("wait", str(job["id"]), "--timeout", "120")
     events = workspace / "cluster" / job["job_dir"] / "events.jsonl"
     complete = json.loads(cli("status", str(job["id"]), "--json").stdout)[0]
-    with open(events, "a") as handle:
-        handle.write('{"t": 1, "event": "metrics", "epoch": 99, "val_au')  # a writer caught mid-line
-    result = cli("status", str(job["id"]), "--json")
-    assert result.exit_code == 0 and json.loads(result.stdout)[0] == complete
+    for half in ('{"t": 1, "event": "metrics", "epoch": 99, "val_au',  # a writer caught mid-line
+                 '{"t": 1, "event": "metrics", "epoch": 99, "val_auc": 0.5}'):  # whole JSON, newline not yet
+        with open(events, "a") as handle:
+            handle.write(half)
+        result = cli("status", str(job["id"]), "--json")
+        assert result.exit_code == 0 and json.loads(result.stdout)[0] == complete
+        events.write_text(events.read_text()[:-len(half)])
