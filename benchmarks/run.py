@@ -10,6 +10,7 @@ hpctrain, anchor, ratio, target) and writes it as JSON (default benchmarks/resul
 This machine is noisy: every figure is the median of --runs runs, and ratios are taken within
 one run, never across runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,20 +67,43 @@ def timed_with_rss(argv: list[str], runs: int) -> tuple[float, int]:
     return statistics.median(times), peak
 
 
-def row(figure: str, ours: float, anchor_name: str, anchor: float, target: str, met: bool, **extra) -> dict:
-    return {"figure": figure, "hpctrain_s": round(ours, 4), "anchor": anchor_name, "anchor_s": round(anchor, 4),
-            "ratio": round(ours / anchor, 2) if anchor else None, "target": target, "met": met, **extra}
+def row(
+    figure: str, ours: float, anchor_name: str, anchor: float, target: str, met: bool, **extra
+) -> dict:
+    return {
+        "figure": figure,
+        "hpctrain_s": round(ours, 4),
+        "anchor": anchor_name,
+        "anchor_s": round(anchor, 4),
+        "ratio": round(ours / anchor, 2) if anchor else None,
+        "target": target,
+        "met": met,
+        **extra,
+    }
 
 
 # -- the test cluster ---------------------------------------------------------------------
 class Cluster:
     def __init__(self, env: dict):
         self.env = env
-        self.host, self.port, self.user = env["HPCTRAIN_TEST_HOST"], env["HPCTRAIN_TEST_SSH_PORT"], env["HPCTRAIN_TEST_USER"]
+        self.host, self.port, self.user = (
+            env["HPCTRAIN_TEST_HOST"],
+            env["HPCTRAIN_TEST_SSH_PORT"],
+            env["HPCTRAIN_TEST_USER"],
+        )
         self.home = Path(env["HPCTRAIN_TEST_HOME"])
-        self.ssh_options = ["-p", self.port, "-i", env["HPCTRAIN_TEST_KEY"], "-o", "BatchMode=yes",
-                            "-o", f"UserKnownHostsFile={env['HPCTRAIN_TEST_KNOWN_HOSTS']}",
-                            "-o", "StrictHostKeyChecking=yes"]
+        self.ssh_options = [
+            "-p",
+            self.port,
+            "-i",
+            env["HPCTRAIN_TEST_KEY"],
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"UserKnownHostsFile={env['HPCTRAIN_TEST_KNOWN_HOSTS']}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+        ]
 
     def ssh(self, command: str) -> list[str]:
         return ["ssh", *self.ssh_options, f"{self.user}@{self.host}", command]
@@ -91,17 +115,20 @@ class Cluster:
         ws = parent / "ssh-ws"
         run([HPCTRAIN, "init", str(ws)])
         config = ws / "hpctrain.yaml"
-        config.write_text(config.read_text().replace("profile: local", "profile: bench") + f"""
+        config.write_text(
+            config.read_text().replace("profile: local", "profile: bench")
+            + f"""
   bench:
     backend: ssh
     host: {self.host}
     port: {self.port}
     user: {self.user}
-    identity_file: {self.env['HPCTRAIN_TEST_KEY']}
-    known_hosts: {self.env['HPCTRAIN_TEST_KNOWN_HOSTS']}
+    identity_file: {self.env["HPCTRAIN_TEST_KEY"]}
+    known_hosts: {self.env["HPCTRAIN_TEST_KNOWN_HOSTS"]}
     root: {root}
     executor: slurm
-""")
+"""
+        )
         return ws
 
     def remove(self, rel: str) -> None:
@@ -116,17 +143,20 @@ def load_cluster() -> Cluster | None:
 
 # -- data ---------------------------------------------------------------------------------
 def make_pages(folder: Path, pages: int, image_bytes: int, seed: int = 0) -> int:
-    """`pages` PNG (noise, so incompressible: image_bytes each) + PageXML pairs; returns total bytes."""
+    """`pages` PNG (noise, so incompressible: image_bytes each) + PageXML pairs; returns total
+    bytes."""
     sys.path.insert(0, str(ROOT / "scripts"))
     from make_sample_gt import page_xml
     from PIL import Image
 
-    side = int(image_bytes ** 0.5)
+    side = int(image_bytes**0.5)
     rng = random.Random(seed)
     folder.mkdir(parents=True)
     for i in range(pages):
         name = f"page{i:05d}.png"
-        Image.frombytes("L", (side, side), rng.randbytes(side * side)).save(folder / name, compress_level=1)
+        Image.frombytes("L", (side, side), rng.randbytes(side * side)).save(
+            folder / name, compress_level=1
+        )
         records = [("lorem ipsum", [(10, 40), (200, 40)], [(6, 6), (204, 6), (204, 50), (6, 50)])]
         (folder / f"page{i:05d}.xml").write_text(page_xml(name, (side, side), records))
     return sum(p.stat().st_size for p in folder.iterdir())
@@ -142,8 +172,12 @@ def change_some(folder: Path, fraction: float, seed: int) -> int:
 
 
 def make_log(path: Path, size: int) -> int:
-    """A ketos-style log: real ketos 7.1.1 output (train, segtrain, test) repeated to `size` bytes."""
-    block = b"".join((FIXTURES / name).read_bytes() for name in ("train_fixed.log", "segtrain_fixed.log", "test.log"))
+    """A ketos-style log: real ketos 7.1.1 output (train, segtrain, test) repeated to `size`
+    bytes."""
+    block = b"".join(
+        (FIXTURES / name).read_bytes()
+        for name in ("train_fixed.log", "segtrain_fixed.log", "test.log")
+    )
     with open(path, "wb") as handle:
         for _ in range(size // len(block) + 1):
             handle.write(block)
@@ -156,11 +190,22 @@ def bench_start(tmp: Path, runs: int) -> list[dict]:
     run([HPCTRAIN, "init", str(ws)])
     anchor = timed([PYTHON, "-c", "pass"], runs)
     rows = []
-    for label, argv in (("start: hpctrain --help", [HPCTRAIN, "--help"]),
-                        ("start: hpctrain status (empty workspace)", [HPCTRAIN, "-w", str(ws), "status"])):
+    for label, argv in (
+        ("start: hpctrain --help", [HPCTRAIN, "--help"]),
+        ("start: hpctrain status (empty workspace)", [HPCTRAIN, "-w", str(ws), "status"]),
+    ):
         ours = timed(argv, runs)
-        rows.append(row(label, ours, "python -c pass", anchor, "+150 ms at most", ours - anchor <= 0.150,
-                        difference_ms=round((ours - anchor) * 1000, 1)))
+        rows.append(
+            row(
+                label,
+                ours,
+                "python -c pass",
+                anchor,
+                "+150 ms at most",
+                ours - anchor <= 0.150,
+                difference_ms=round((ours - anchor) * 1000, 1),
+            )
+        )
     return rows
 
 
@@ -174,28 +219,64 @@ def bench_push(tmp: Path, cluster: Cluster, runs: int, quick: bool) -> list[dict
     label = f"{pages * 2} files / {total / 1e6:.0f} MB"
     pushed = f"{remote}/root/Ground_Truth/Bench"
     push = [HPCTRAIN, "-w", str(ws), "push", "Bench"]
-    rsync_to = ["rsync", "-a", "-e", cluster.rsh(), f"{folder}/", f"{cluster.user}@{cluster.host}:{remote}/rsync/"]
-    scp_to = ["scp", "-r", "-q", *["-P" if o == "-p" else o for o in cluster.ssh_options], str(folder),
-              f"{cluster.user}@{cluster.host}:{remote}/scp"]
+    rsync_to = [
+        "rsync",
+        "-a",
+        "-e",
+        cluster.rsh(),
+        f"{folder}/",
+        f"{cluster.user}@{cluster.host}:{remote}/rsync/",
+    ]
+    scp_to = [
+        "scp",
+        "-r",
+        "-q",
+        *["-P" if o == "-p" else o for o in cluster.ssh_options],
+        str(folder),
+        f"{cluster.user}@{cluster.host}:{remote}/scp",
+    ]
     try:
         run(cluster.ssh(f"mkdir -p {remote}"))
         ours = timed(push, runs, before=lambda: cluster.remove(pushed))
         rsync = timed(rsync_to, runs, before=lambda: cluster.remove(f"{remote}/rsync"))
         scp = timed(scp_to, runs, before=lambda: cluster.remove(f"{remote}/scp"))
-        rows = [row(f"push {label}", ours, "rsync -a", rsync, "ratio <= 1.0", ours <= rsync,
-                    mb_per_s=round(total / 1e6 / ours, 1)),
-                row(f"push {label}", ours, "scp -r", scp, "ratio <= 1.0", ours <= scp)]
+        rows = [
+            row(
+                f"push {label}",
+                ours,
+                "rsync -a",
+                rsync,
+                "ratio <= 1.0",
+                ours <= rsync,
+                mb_per_s=round(total / 1e6 / ours, 1),
+            ),
+            row(f"push {label}", ours, "scp -r", scp, "ratio <= 1.0", ours <= scp),
+        ]
         # Both destinations hold the whole set now: the unchanged and 1 % changed re-pushes.
         ours = timed(push, runs)
         rsync = timed(rsync_to, runs)
-        rows.append(row("re-push, nothing changed", ours, "rsync -a", rsync, "ratio <= 1.0", ours <= rsync))
+        rows.append(
+            row("re-push, nothing changed", ours, "rsync -a", rsync, "ratio <= 1.0", ours <= rsync)
+        )
         seeds = iter(range(1, 1000))
         changed = []
-        ours = timed(push, runs, before=lambda: changed.append(change_some(folder, 0.01, next(seeds))))
+        ours = timed(
+            push, runs, before=lambda: changed.append(change_some(folder, 0.01, next(seeds)))
+        )
         # rsync sees every change made so far, as hpctrain did: give it its own fresh 1 % each run.
-        rsync = timed(rsync_to, runs, before=lambda: changed.append(change_some(folder, 0.01, next(seeds))))
-        rows.append(row(f"re-push, 1 % changed ({changed[0]} files)", ours, "rsync -a", rsync, "ratio <= 1.0",
-                        ours <= rsync))
+        rsync = timed(
+            rsync_to, runs, before=lambda: changed.append(change_some(folder, 0.01, next(seeds)))
+        )
+        rows.append(
+            row(
+                f"re-push, 1 % changed ({changed[0]} files)",
+                ours,
+                "rsync -a",
+                rsync,
+                "ratio <= 1.0",
+                ours <= rsync,
+            )
+        )
         return rows
     finally:
         cluster.remove(remote)
@@ -214,11 +295,22 @@ def bench_status(tmp: Path, cluster: Cluster, runs: int, jobs: int) -> list[dict
         listed = json.loads(run(status).stdout)
         if len(listed) != jobs or any(r["state"] != "PENDING" for r in listed):
             states = sorted({r["state"] for r in listed})
-            raise SystemExit(f"status listed {len(listed)} jobs in states {states}, not {jobs} pending")
+            raise SystemExit(
+                f"status listed {len(listed)} jobs in states {states}, not {jobs} pending"
+            )
         ours = timed(status, runs)
         anchor = timed(cluster.ssh(f"sacct -n -X -P -o JobID,State -j {','.join(ids)}"), runs)
-        return [row(f"status, {jobs} live jobs", ours, "ssh host sacct", anchor, "ratio <= 1.5",
-                    ours <= 1.5 * anchor, sacct_calls_per_status=1)]
+        return [
+            row(
+                f"status, {jobs} live jobs",
+                ours,
+                "ssh host sacct",
+                anchor,
+                "ratio <= 1.5",
+                ours <= 1.5 * anchor,
+                sacct_calls_per_status=1,
+            )
+        ]
     finally:
         run(cluster.ssh(f"scancel {' '.join(ids)}"))
         cluster.remove(remote)
@@ -227,13 +319,18 @@ def bench_status(tmp: Path, cluster: Cluster, runs: int, jobs: int) -> list[dict
 def register(root: Path, scheduler_ids: list[str]) -> None:
     """Enter the held Slurm jobs in the benchmark root's registry, as hpctrain submit would have."""
     sys.path.insert(0, str(ROOT))
-    from hpctrain.registry import JobState, Registry
+    from hpctrain.cluster.registry import JobState, Registry
 
     owner = root.parent.parent.stat()
     with Registry(root / ".hpctrain" / "registry.sqlite") as registry:
         for sid in scheduler_ids:
-            record = registry.add("transcription", "Bench", None, lambda i: f"Repertoire_model_finetune/Bench/job{i}",
-                                  {})
+            record = registry.add(
+                "transcription",
+                "Bench",
+                None,
+                lambda i: f"Repertoire_model_finetune/Bench/job{i}",
+                {},
+            )
             registry.update(record.id, state=JobState.PENDING, scheduler_id=sid)
     for path in [root, *root.rglob("*")]:
         os.chown(path, owner.st_uid, owner.st_gid)
@@ -241,13 +338,22 @@ def register(root: Path, scheduler_ids: list[str]) -> None:
 
 def bench_log(tmp: Path, runs: int, quick: bool) -> list[dict]:
     rows, peaks = [], {}
-    for size in ((10 << 20, 100 << 20) if quick else (100 << 20, 1 << 30)):
+    for size in (10 << 20, 100 << 20) if quick else (100 << 20, 1 << 30):
         log = tmp / f"ketos-{size >> 20}M.log"
         actual = make_log(log, size)
         ours, peaks[size] = timed_with_rss([PYTHON, "-m", "hpctrain.logparse", str(log)], runs)
         grep = timed(["grep", "-c", "^stage ", str(log)], runs)
-        rows.append(row(f"parse a {actual / 2**20:.0f} MiB ketos log", ours, "grep -c epoch lines", grep,
-                        "ratio <= 1.5, flat memory", ours <= 1.5 * grep, peak_rss_mib=round(peaks[size] / 1024, 1)))
+        rows.append(
+            row(
+                f"parse a {actual / 2**20:.0f} MiB ketos log",
+                ours,
+                "grep -c epoch lines",
+                grep,
+                "ratio <= 1.5, flat memory",
+                ours <= 1.5 * grep,
+                peak_rss_mib=round(peaks[size] / 1024, 1),
+            )
+        )
         log.unlink()
     small, large = sorted(peaks)
     rows[-1]["memory_flat"] = peaks[large] <= peaks[small] * 1.2 + 2048
@@ -261,8 +367,11 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         anchor = f"{r['anchor']} {r['anchor_s'] * 1000:.0f} ms"
         mark = "ok" if r["met"] else "MISSED"
-        lines.append(f"{r['figure'][:46]:46} {r['hpctrain_s'] * 1000:>7.0f} ms {anchor:>22} {r['ratio']:>7}  "
-                     f"{r['target']} ({mark})")
+        lines.append(
+            f"{r['figure'][:46]:46} {r['hpctrain_s'] * 1000:>7.0f} ms "
+            f"{anchor:>22} {r['ratio']:>7}  "
+            f"{r['target']} ({mark})"
+        )
     return "\n".join(lines)
 
 
@@ -281,10 +390,14 @@ def main() -> int:
         tmp = Path(tmp)
         if "start" in only:
             rows += bench_start(tmp, runs * 3)
-        for name, bench in (("push", lambda: bench_push(tmp, cluster, runs, args.quick)),
-                            ("status", lambda: bench_status(tmp, cluster, runs, 200))):
+        for name, bench in (
+            ("push", lambda: bench_push(tmp, cluster, runs, args.quick)),
+            ("status", lambda: bench_status(tmp, cluster, runs, 200)),
+        ):
             if name in only and cluster is None:
-                skipped.append(f"{name}: no test cluster ({ENV_FILE} missing; sudo scripts/test_cluster.sh up)")
+                skipped.append(
+                    f"{name}: no test cluster ({ENV_FILE} missing; sudo scripts/test_cluster.sh up)"
+                )
             elif name in only:
                 rows += bench()
         if "log" in only:
@@ -292,9 +405,16 @@ def main() -> int:
     print(table(rows))
     for line in skipped:
         print(f"skipped {line}")
-    report = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": f"{platform.node()} {os.cpu_count()} CPUs",
-              "python": platform.python_version(), "runs": runs, "quick": args.quick, "rows": rows,
-              "skipped": skipped, "command": shlex.join(["benchmarks/run.py", *sys.argv[1:]])}
+    report = {
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": f"{platform.node()} {os.cpu_count()} CPUs",
+        "python": platform.python_version(),
+        "runs": runs,
+        "quick": args.quick,
+        "rows": rows,
+        "skipped": skipped,
+        "command": shlex.join(["benchmarks/run.py", *sys.argv[1:]]),
+    }
     args.json.write_text(json.dumps(report, indent=1) + "\n")
     print(f"written to {args.json}")
     return 0

@@ -16,6 +16,7 @@ Rank 0 prints one metrics line per epoch that hpctrain's runner turns into event
 
 This file imports nothing from hpctrain, so it also runs as a plain script copied anywhere.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,7 +74,8 @@ def youden(scores: torch.Tensor, positives: torch.Tensor) -> tuple[float, float,
 
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
     """Flat metrics: val_accuracy, val_auc (macro, one-vs-rest) and per class auc, sensitivity,
-    specificity (at the arg-max decision) and the Youden threshold with its sensitivity/specificity."""
+    specificity (at the arg-max decision) and the Youden threshold with its
+    sensitivity/specificity."""
     predicted = probs.argmax(1)
     metrics = {"val_accuracy": float((predicted == labels).double().mean())}
     aucs = []
@@ -86,13 +88,20 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: l
             aucs.append(auc)
             metrics[f"val_auc_{key}"] = auc
         if positives.any():
-            metrics[f"val_sensitivity_{key}"] = int((predicted[positives] == index).sum()) / int(positives.sum())
+            metrics[f"val_sensitivity_{key}"] = int((predicted[positives] == index).sum()) / int(
+                positives.sum()
+            )
         if (~positives).any():
-            metrics[f"val_specificity_{key}"] = int((predicted[~positives] != index).sum()) / int((~positives).sum())
+            metrics[f"val_specificity_{key}"] = int((predicted[~positives] != index).sum()) / int(
+                (~positives).sum()
+            )
         point = youden(scores, positives)
         if point:
-            metrics[f"val_youden_threshold_{key}"], metrics[f"val_youden_sensitivity_{key}"], \
-                metrics[f"val_youden_specificity_{key}"] = point
+            (
+                metrics[f"val_youden_threshold_{key}"],
+                metrics[f"val_youden_sensitivity_{key}"],
+                metrics[f"val_youden_specificity_{key}"],
+            ) = point
     if aucs:
         metrics["val_auc"] = sum(aucs) / len(aucs) if len(classes) > 2 else aucs[-1]
     return {k: round(v, 6) for k, v in metrics.items()}
@@ -124,7 +133,9 @@ class FocalLoss(nn.Module):
 def class_weights(labels: list[int], n_classes: int) -> torch.Tensor:
     """Inverse class frequency, normalised to mean 1 (a missing class weighs 0)."""
     counts = torch.bincount(torch.tensor(labels), minlength=n_classes).double()
-    weights = torch.where(counts > 0, counts.sum() / (n_classes * counts.clamp(min=1)), torch.zeros_like(counts))
+    weights = torch.where(
+        counts > 0, counts.sum() / (n_classes * counts.clamp(min=1)), torch.zeros_like(counts)
+    )
     return weights.float()
 
 
@@ -133,10 +144,16 @@ class ImageFolder(torch.utils.data.Dataset):
     """`root/CLASS/*.png`; yields (image tensor, label, index)."""
 
     def __init__(self, root: Path, classes: list[str], size: int, augment: bool):
-        self.items = [(p, i) for i, c in enumerate(classes) for p in sorted((root / c).iterdir())
-                      if p.suffix.lower() in IMAGE_SUFFIXES]
+        self.items = [
+            (p, i)
+            for i, c in enumerate(classes)
+            for p in sorted((root / c).iterdir())
+            if p.suffix.lower() in IMAGE_SUFFIXES
+        ]
         if not self.items:
-            raise SystemExit(f"error: no images under {root}/CLASS/ (expected e.g. {root}/{classes[0]}/a.png)")
+            raise SystemExit(
+                f"error: no images under {root}/CLASS/ (expected e.g. {root}/{classes[0]}/a.png)"
+            )
         self.size, self.augment = size, augment
 
     def __len__(self) -> int:
@@ -161,21 +178,37 @@ def find_classes(data: Path) -> list[str]:
         raise SystemExit(f"error: {data} needs train/CLASS/ and val/CLASS/ folders of images")
     classes = sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
-        raise SystemExit(f"error: {train} has {len(classes)} class folder(s); a classifier needs at least 2")
+        raise SystemExit(
+            f"error: {train} has {len(classes)} class folder(s); a classifier needs at least 2"
+        )
     return classes
 
 
 # -- model --------------------------------------------------------------------------------
 def build_model(arch: str, n_classes: int) -> nn.Module:
     if arch == "small":
+
         def block(i, o):
-            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
-        return nn.Sequential(block(3, 16), nn.MaxPool2d(2), block(16, 32), nn.MaxPool2d(2), block(32, 64),
-                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, n_classes))
+            return nn.Sequential(
+                nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(inplace=True)
+            )
+
+        return nn.Sequential(
+            block(3, 16),
+            nn.MaxPool2d(2),
+            block(16, 32),
+            nn.MaxPool2d(2),
+            block(32, 64),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(64, n_classes),
+        )
     try:
         import torchvision
     except ImportError:
-        raise SystemExit(f"error: --arch {arch} needs torchvision; install it or use --arch small") from None
+        raise SystemExit(
+            f"error: --arch {arch} needs torchvision; install it or use --arch small"
+        ) from None
     return torchvision.models.get_model(arch, num_classes=n_classes)
 
 
@@ -188,7 +221,9 @@ class Dist:
         self.world = int(os.environ.get("WORLD_SIZE", 1))
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
         if backend == "auto":
-            backend = os.environ.get("HPCTRAIN_DIST_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
+            backend = os.environ.get("HPCTRAIN_DIST_BACKEND") or (
+                "nccl" if torch.cuda.is_available() else "gloo"
+            )
         self.backend = backend
         if backend == "nccl":
             torch.cuda.set_device(self.local_rank)
@@ -235,6 +270,7 @@ def seed_everything(seed: int, rank: int) -> None:
     torch.manual_seed(seed)
     try:
         import numpy
+
         numpy.random.seed(seed + rank)
     except ImportError:
         pass
@@ -242,7 +278,7 @@ def seed_everything(seed: int, rank: int) -> None:
 
 def save_atomic(state: dict, path: Path) -> None:
     """Write under a temporary name, then rename: a cut never leaves a partial checkpoint."""
-    tmp = path.with_name(path.name + ".part")
+    tmp = path.with_name(f".{path.name}.hpctrain-part")  # core.files style (standalone here)
     torch.save(state, tmp)
     os.replace(tmp, path)
 
@@ -263,11 +299,18 @@ def resume_path(args, out: Path) -> Path | None:
 
 # -- training -----------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="hpctrain.trainer", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", type=Path, required=True, help="folder with train/CLASS/ and val/CLASS/ images")
+    p = argparse.ArgumentParser(
+        prog="hpctrain.trainer",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--data", type=Path, required=True, help="folder with train/CLASS/ and val/CLASS/ images"
+    )
     p.add_argument("--out", type=Path, default=Path("checkpoints"), help="checkpoints folder")
-    p.add_argument("--arch", default="small", help="'small' (a 3-layer CNN) or a torchvision model name")
+    p.add_argument(
+        "--arch", default="small", help="'small' (a 3-layer CNN) or a torchvision model name"
+    )
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=32, help="per process")
@@ -279,7 +322,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loss", choices=("ce", "focal"), default="ce")
     p.add_argument("--focal-gamma", type=float, default=2.0)
     p.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument("--early-stop-patience", type=int, default=10, help="epochs without a better val AUC")
+    p.add_argument(
+        "--early-stop-patience", type=int, default=10, help="epochs without a better val AUC"
+    )
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
     p.add_argument("--resume", help="checkpoint to start from (default: OUT/last.pt if present)")
     p.add_argument("--workers", type=int, default=2, help="data-loader workers per process")
@@ -297,24 +342,40 @@ class Trainer:
         self.dist = Dist(args.backend)
         seed_everything(args.seed, self.dist.rank)
         self.classes = find_classes(args.data)
-        self.train_set = ImageFolder(args.data / "train", self.classes, args.image_size, augment=True)
+        self.train_set = ImageFolder(
+            args.data / "train", self.classes, args.image_size, augment=True
+        )
         self.val_set = ImageFolder(args.data / "val", self.classes, args.image_size, augment=False)
         self.train_sampler = torch.utils.data.DistributedSampler(
-            self.train_set, self.dist.world, self.dist.rank, shuffle=True, seed=args.seed)
+            self.train_set, self.dist.world, self.dist.rank, shuffle=True, seed=args.seed
+        )
         self.val_sampler = torch.utils.data.DistributedSampler(
-            self.val_set, self.dist.world, self.dist.rank, shuffle=False)
+            self.val_set, self.dist.world, self.dist.rank, shuffle=False
+        )
         device = self.dist.device
         model = build_model(args.arch, len(self.classes)).to(device)
         if self.dist.world > 1:
             ids = [self.dist.local_rank] if device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.model = model
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=args.epochs)
-        weight = class_weights([label for _, label in self.train_set.items], len(self.classes)).to(device) \
-            if args.class_weights else None
-        self.loss = (FocalLoss(args.focal_gamma, weight) if args.loss == "focal"
-                     else nn.CrossEntropyLoss(weight=weight)).to(device)
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=args.lr, weight_decay=args.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=args.epochs
+        )
+        weight = (
+            class_weights([label for _, label in self.train_set.items], len(self.classes)).to(
+                device
+            )
+            if args.class_weights
+            else None
+        )
+        self.loss = (
+            FocalLoss(args.focal_gamma, weight)
+            if args.loss == "focal"
+            else nn.CrossEntropyLoss(weight=weight)
+        ).to(device)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
         self.start_epoch, self.best_auc, self.stale = 1, -math.inf, 0
@@ -324,16 +385,25 @@ class Trainer:
     # -- state ----------------------------------------------------------------------------
     def state(self, epoch: int) -> dict:
         module = self.model.module if hasattr(self.model, "module") else self.model
-        return {"model": module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "epoch": epoch,
-                "best_auc": self.best_auc, "stale": self.stale, "classes": self.classes,
-                "args": {k: str(v) for k, v in vars(self.args).items()}}
+        return {
+            "model": module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "best_auc": self.best_auc,
+            "stale": self.stale,
+            "classes": self.classes,
+            "args": {k: str(v) for k, v in vars(self.args).items()},
+        }
 
     def load(self, path: Path) -> None:
         # Every rank reads the same file, so no broadcast is needed; map to CPU then move.
         state = torch.load(path, map_location="cpu", weights_only=False)
         if state.get("classes") != self.classes:
-            raise SystemExit(f"error: {path} was trained on classes {state.get('classes')}, not {self.classes}")
+            raise SystemExit(
+                f"error: {path} was trained on classes {state.get('classes')}, not {self.classes}"
+            )
         module = self.model.module if hasattr(self.model, "module") else self.model
         module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -352,9 +422,14 @@ class Trainer:
     # -- one epoch ------------------------------------------------------------------------
     def loader(self, dataset, sampler, shuffle_seed: int):
         generator = torch.Generator().manual_seed(shuffle_seed)
-        return torch.utils.data.DataLoader(dataset, batch_size=self.args.batch_size, sampler=sampler,
-                                           num_workers=self.args.workers, generator=generator,
-                                           pin_memory=self.dist.device.type == "cuda")
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=self.args.batch_size,
+            sampler=sampler,
+            num_workers=self.args.workers,
+            generator=generator,
+            pin_memory=self.dist.device.type == "cuda",
+        )
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -369,10 +444,17 @@ class Trainer:
         n_batches = len(batches)
         self.optimizer.zero_grad(set_to_none=True)
         for i, (x, y, _) in enumerate(batches):
-            x, y = x.to(self.dist.device, non_blocking=True), y.to(self.dist.device, non_blocking=True)
+            x, y = (
+                x.to(self.dist.device, non_blocking=True),
+                y.to(self.dist.device, non_blocking=True),
+            )
             boundary = (i + 1) % steps == 0 or i + 1 == n_batches
             # Between accumulation boundaries DDP must not all-reduce gradients.
-            sync = nullcontext() if boundary or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            sync = (
+                nullcontext()
+                if boundary or not hasattr(self.model, "no_sync")
+                else self.model.no_sync()
+            )
             with sync:
                 with self.autocast():
                     loss = self.loss(self.model(x), y)
@@ -420,8 +502,16 @@ class Trainer:
         if start:
             self.load(start)
         if main:
-            emit("setup", world_size=self.dist.world, backend=self.dist.backend, device=str(self.dist.device),
-                 classes=self.classes, train=len(self.train_set), val=len(self.val_set), start_epoch=self.start_epoch)
+            emit(
+                "setup",
+                world_size=self.dist.world,
+                backend=self.dist.backend,
+                device=str(self.dist.device),
+                classes=self.classes,
+                train=len(self.train_set),
+                val=len(self.val_set),
+                start_epoch=self.start_epoch,
+            )
         for epoch in range(self.start_epoch, args.epochs + 1):
             began = time.time()
             train_loss = self.train_epoch(epoch)
@@ -432,8 +522,15 @@ class Trainer:
             # A stop signal may reach some ranks only: they agree on it before acting.
             stop = self.dist.mean(float(self.stop_requested)) > 0
             if main:
-                emit("metrics", epoch=epoch, total=args.epochs, train_loss=round(train_loss, 6),
-                     val_loss=round(val_loss, 6), seconds=round(time.time() - began, 2), **metrics)
+                emit(
+                    "metrics",
+                    epoch=epoch,
+                    total=args.epochs,
+                    train_loss=round(train_loss, 6),
+                    val_loss=round(val_loss, 6),
+                    seconds=round(time.time() - began, 2),
+                    **metrics,
+                )
                 if improved:
                     path = self.save(epoch, BEST)
                     emit("model", path=str(path), score=auc, metric="val_auc", epoch=epoch)

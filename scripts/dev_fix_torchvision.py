@@ -13,6 +13,7 @@ It does nothing unless that exact failure is present (a user's machine with a
 matching CUDA torch, or macOS wheels, never needs it), and it is idempotent.
 Run it with the Python of the environment to fix.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -23,7 +24,7 @@ from pathlib import Path
 
 FAILURE = "operator torchvision::nms does not exist"
 MARKER = "# hpctrain-dev-fix"
-HELPER = f'''
+HELPER = f"""
 
 def _hpctrain_register_fake(name):  {MARKER}
     def wrapper(fn):
@@ -32,11 +33,13 @@ def _hpctrain_register_fake(name):  {MARKER}
         return fn
 
     return wrapper
-'''
+"""
 
 
 def import_error() -> str:
-    probe = subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True, text=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import torchvision"], capture_output=True, text=True
+    )
     return "" if probe.returncode == 0 else probe.stderr
 
 
@@ -48,7 +51,9 @@ def patch(path: Path) -> bool:
     if anchor not in text:
         raise SystemExit(f"{path}: layout not recognised; not patched")
     text = text.replace(anchor, anchor + HELPER, 1)
-    text = re.sub(r"^@torch\.library\.register_fake\(", "@_hpctrain_register_fake(", text, flags=re.M)
+    text = re.sub(
+        r"^@torch\.library\.register_fake\(", "@_hpctrain_register_fake(", text, flags=re.M
+    )
     path.write_text(text)
     return True
 

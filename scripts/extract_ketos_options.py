@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Record which options ketos accepts, per subcommand, as JSON (a test fixture).
 
-    # from the installed kraken (introspects its click commands)
-    python scripts/extract_ketos_options.py --installed > tests/fixtures/ketos-options-7.1.1.json
-    # from a kraken source checkout at a tag (no install needed; kraken 4.3 cannot be installed next to torch 2.13)
-    git -C kraken show 4.3.13:kraken/ketos/__init__.py > /tmp/i.py ...   (see --source)
-    python scripts/extract_ketos_options.py --source DIR > tests/fixtures/ketos-options-4.3.13.json
+# from the installed kraken (introspects its click commands)
+python scripts/extract_ketos_options.py --installed > tests/fixtures/ketos-options-7.1.1.json
+# from a kraken source checkout at a tag (no install needed; kraken 4.3 cannot be installed
+# next to torch 2.13)
+git -C kraken show 4.3.13:kraken/ketos/__init__.py > /tmp/i.py ...   (see --source)
+python scripts/extract_ketos_options.py --source DIR > tests/fixtures/ketos-options-4.3.13.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,10 +26,15 @@ def from_installed() -> dict:
     from kraken.ketos import cli
 
     def options(command):
-        return sorted({o for p in command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("-")})
+        return sorted(
+            {o for p in command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("-")}
+        )
 
-    return {"version": version("kraken"), "ketos": options(cli),
-            **{name: options(cli.commands[name]) for name in SUBCOMMANDS}}
+    return {
+        "version": version("kraken"),
+        "ketos": options(cli),
+        **{name: options(cli.commands[name]) for name in SUBCOMMANDS},
+    }
 
 
 def _source_options(text: str) -> list[str]:
@@ -39,7 +46,9 @@ def _source_options(text: str) -> list[str]:
 
 
 def from_source(folder: Path) -> dict:
-    """`folder` holds ketos' __init__.py, dataset.py, recognition.py and segmentation.py of one tag."""
+    """`folder` holds ketos' __init__.py, dataset.py, recognition.py and segmentation.py of one
+    tag."""
+
     def commands(text):
         parts = re.split(r"(?=@click\.command\('([a-z]+)'\))", text)
         out, name = {}, None
@@ -51,7 +60,10 @@ def from_source(folder: Path) -> dict:
                 name = None
         return out
 
-    result = {"version": folder.name, "ketos": _source_options((folder / "__init__.py").read_text())}
+    result = {
+        "version": folder.name,
+        "ketos": _source_options((folder / "__init__.py").read_text()),
+    }
     for module in ("dataset.py", "recognition.py", "segmentation.py"):
         for name, text in commands((folder / module).read_text()).items():
             if name in SUBCOMMANDS:

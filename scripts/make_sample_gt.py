@@ -8,6 +8,7 @@ Deterministic for a given --seed. Needs Pillow (installed with kraken).
     python scripts/make_sample_gt.py ground_truth/Demo --pages 12
     python scripts/make_sample_gt.py /tmp/gt --pages 10 --format alto
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,7 +54,12 @@ def render_page(rng: random.Random, lines: int):
         left, _, right, bottom = draw.textbbox((x0, top), text, font=font)
         base_y = top + int(FONT_SIZE * 0.8)
         baseline = [(left, base_y), (right, base_y)]
-        polygon = [(left - 4, top - 4), (right + 4, top - 4), (right + 4, bottom + 6), (left - 4, bottom + 6)]
+        polygon = [
+            (left - 4, top - 4),
+            (right + 4, top - 4),
+            (right + 4, bottom + 6),
+            (left - 4, bottom + 6),
+        ]
         records.append((text, baseline, polygon))
     return image, records
 
@@ -69,14 +75,19 @@ def page_xml(image_name: str, size: tuple[int, int], records) -> str:
             f"        <TextEquiv><Unicode>{escape(text)}</Unicode></TextEquiv>\n"
             f"      </TextLine>\n"
         )
-    region = [(MARGIN // 2, MARGIN // 2), (width - MARGIN // 2, MARGIN // 2),
-              (width - MARGIN // 2, height - MARGIN // 2), (MARGIN // 2, height - MARGIN // 2)]
+    region = [
+        (MARGIN // 2, MARGIN // 2),
+        (width - MARGIN // 2, MARGIN // 2),
+        (width - MARGIN // 2, height - MARGIN // 2),
+        (MARGIN // 2, height - MARGIN // 2),
+    ]
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         f'<PcGts xmlns="{PAGE_NS}">\n'
         "  <Metadata><Creator>hpctrain sample generator</Creator>"
         "<Created>2024-01-01T00:00:00</Created><LastChange>2024-01-01T00:00:00</LastChange></Metadata>\n"
-        f"  <Page imageFilename={quoteattr(image_name)} imageWidth=\"{width}\" imageHeight=\"{height}\">\n"
+        f"  <Page imageFilename={quoteattr(image_name)} "
+        f'imageWidth="{width}" imageHeight="{height}">\n'
         '    <TextRegion id="r0" custom="structure {type:text;}">\n'
         f'      <Coords points="{_points(region)}"/>\n'
         + "".join(lines)
@@ -91,10 +102,11 @@ def alto_xml(image_name: str, size: tuple[int, int], records) -> str:
         xs = [x for x, _ in polygon]
         ys = [y for _, y in polygon]
         lines.append(
-            f'        <TextLine ID="l{n}" HPOS="{min(xs)}" VPOS="{min(ys)}" WIDTH="{max(xs) - min(xs)}" '
+            f'        <TextLine ID="l{n}" HPOS="{min(xs)}" VPOS="{min(ys)}" '
+            f'WIDTH="{max(xs) - min(xs)}" '
             f'HEIGHT="{max(ys) - min(ys)}" BASELINE="{_points(baseline).replace(",", " ")}">\n'
             f'          <Shape><Polygon POINTS="{_points(polygon).replace(",", " ")}"/></Shape>\n'
-            f"          <String CONTENT={quoteattr(text)} HPOS=\"{min(xs)}\" VPOS=\"{min(ys)}\" "
+            f'          <String CONTENT={quoteattr(text)} HPOS="{min(xs)}" VPOS="{min(ys)}" '
             f'WIDTH="{max(xs) - min(xs)}" HEIGHT="{max(ys) - min(ys)}"/>\n'
             "        </TextLine>\n"
         )
@@ -102,7 +114,8 @@ def alto_xml(image_name: str, size: tuple[int, int], records) -> str:
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         f'<alto xmlns="{ALTO_NS}">\n'
         "  <Description><MeasurementUnit>pixel</MeasurementUnit>\n"
-        f"    <sourceImageInformation><fileName>{escape(image_name)}</fileName></sourceImageInformation>\n"
+        f"    <sourceImageInformation><fileName>{escape(image_name)}</fileName>"
+        "</sourceImageInformation>\n"
         "  </Description>\n"
         f'  <Layout><Page ID="p0" WIDTH="{width}" HEIGHT="{height}" PHYSICAL_IMG_NR="1">\n'
         f'    <PrintSpace HPOS="0" VPOS="0" WIDTH="{width}" HEIGHT="{height}">\n'

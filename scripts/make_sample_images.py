@@ -5,6 +5,7 @@
 OUT/train/negative, OUT/train/positive, OUT/val/... PNG files. A positive image has a faint
 bright spot somewhere on a noisy background; one image in four is positive, as in a screening set.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,8 @@ CLASSES = ("negative", "positive")
 
 
 def make_image(positive: bool, size: int, rng: random.Random) -> Image.Image:
-    """Noisy grey background; a positive one has a faint brighter spot (hard enough to need epochs)."""
+    """Noisy grey background; a positive one has a faint brighter spot (hard enough to need
+    epochs)."""
     r = max(2, size // 10)
     cx, cy = rng.randint(r, size - r - 1), rng.randint(r, size - r - 1)
     pixels = []

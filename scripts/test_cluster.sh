@@ -171,7 +171,8 @@ make_kraken_venv() {
     if [ ! -x "$KRAKEN_VENV/bin/ketos" ]; then
         log "installing kraken for the cluster's jobs into $KRAKEN_VENV"
         /usr/bin/python3 -m venv "$KRAKEN_VENV"
-        "$KRAKEN_VENV/bin/pip" install -q --disable-pip-version-check "torch==2.13.0" "kraken>=7.1,<7.2" 2>&1 \
+        "$KRAKEN_VENV/bin/pip" install -q --disable-pip-version-check \
+            -c "$(dirname "$0")/../constraints/test-machine.txt" "kraken>=7.1,<7.2" 2>&1 \
             | grep -v "^WARNING: Location" || true
     fi
     "$KRAKEN_VENV/bin/python" "$(dirname "$0")/dev_fix_torchvision.py" >/dev/null

@@ -1,5 +1,6 @@
 """A push cut in the middle (the session's sshd process killed) and run again: no partial file ever
 sits under its final name, and afterwards both trees hold the same bytes (SHA-256 of every file)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,32 +11,39 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cli, sample_gt
-from integration_helpers import ssh_workspace
+from helpers import Cli, sample_gt
+from helpers import ssh_workspace
 
 pytestmark = pytest.mark.integration
 
 
 def make_big_pages(folder: Path, pages: int, side: int = 500) -> None:
-    """Pages whose PNG is noise (incompressible, side*side bytes), so a push takes long enough to cut."""
+    """Pages whose PNG is noise (incompressible, side*side bytes), so a push takes long enough to
+    cut."""
     from PIL import Image
 
     rng = random.Random(1)
     folder.mkdir(parents=True)
     for i in range(pages):
         name = f"page{i:04d}.png"
-        Image.frombytes("L", (side, side), rng.randbytes(side * side)).save(folder / name, compress_level=0)
+        Image.frombytes("L", (side, side), rng.randbytes(side * side)).save(
+            folder / name, compress_level=0
+        )
         records = [("lorem ipsum", [(10, 40), (200, 40)], [(6, 6), (204, 6), (204, 50), (6, 50)])]
         (folder / f"page{i:04d}.xml").write_text(sample_gt.page_xml(name, (side, side), records))
 
 
 def digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    }
 
 
 def kill_session(user: str) -> None:
-    """Kill the sshd process serving the user's session (privilege-separated child: 'sshd: USER@notty')."""
+    """Kill the sshd process serving the user's session (privilege-separated child:
+    'sshd: USER@notty')."""
     subprocess.run(["pkill", "-KILL", "-f", f"^sshd: {user}"], check=False)
 
 
@@ -50,8 +58,18 @@ def test_push_cut_mid_way_then_again(tmp_path, cluster, remote_root, transfer):
     pushed = remote / "Ground_Truth" / "Big"
     expected = digests(local)
 
-    process = subprocess.Popen([str(Path(__import__("sys").executable).with_name("hpctrain")), "-w", str(ws),
-                                "push", "Big"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            str(Path(__import__("sys").executable).with_name("hpctrain")),
+            "-w",
+            str(ws),
+            "push",
+            "Big",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (pushed.is_dir() and len(list(pushed.glob("*.png"))) >= 20):
         assert process.poll() is None, "the push ended before it could be cut: make the set larger"
@@ -70,4 +88,6 @@ def test_push_cut_mid_way_then_again(tmp_path, cluster, remote_root, transfer):
     again = cli("push", "Big")
     assert again.exit_code == 0, again.output
     assert digests(pushed) == expected
-    assert not [p for p in pushed.rglob("*") if p.name.startswith(".") or p.name.endswith(".hpctrain-part")]
+    assert not [
+        p for p in pushed.rglob("*") if p.name.startswith(".") or p.name.endswith(".hpctrain-part")
+    ]

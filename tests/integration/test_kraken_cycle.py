@@ -3,6 +3,7 @@
 Nothing is faked: submitit's local executor runs hpctrain's runner, which runs the rendered
 script, which runs ketos compile/train/test/segtrain on generated pages.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,8 @@ import time
 
 import pytest
 
-from conftest import set_project
-from integration_helpers import load_with_kraken
+from helpers import set_project
+from helpers import load_with_kraken
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("kraken")
@@ -33,7 +34,9 @@ def wait_for(cli, job_id, states=("COMPLETED", "FAILED", "CANCELLED"), timeout=J
         if row["state"] in states:
             return row
         assert time.monotonic() < deadline, f"job {job_id} still {row['state']} after {timeout} s"
-        time.sleep(0.5)  # polling interval, not synchronisation: the loop ends on the observed state
+        time.sleep(
+            0.5
+        )  # polling interval, not synchronisation: the loop ends on the observed state
 
 
 def submit(cli, *args) -> int:
@@ -44,8 +47,13 @@ def submit(cli, *args) -> int:
 
 @pytest.fixture
 def trained_project(cli, workspace, demo_project):
-    set_project(workspace, "Demo", transcription={"early_stopping": False, "epochs": 3},
-                segmentation={"early_stopping": False, "epochs": 2}, resources={"cpus": 2, "time": "00:30:00"})
+    set_project(
+        workspace,
+        "Demo",
+        transcription={"early_stopping": False, "epochs": 3},
+        segmentation={"early_stopping": False, "epochs": 2},
+        resources={"cpus": 2, "time": "00:30:00"},
+    )
     assert cli("push", "Demo").exit_code == 0
     return "Demo"
 
@@ -80,9 +88,11 @@ def test_transcription_cycle_then_fine_tune_from_the_result(cli, workspace, trai
     script = (workspace / "cluster" / row["job_dir"] / "job.sh").read_text()
     assert "Model_de_base/demo_v1.mlmodel --resize new" in script
 
-    split = (workspace / "cluster" / row["job_dir"] / "split")
+    split = workspace / "cluster" / row["job_dir"] / "split"
     first_split = workspace / "models" / "finetuned" / "Demo" / f"job{first}" / "split"
-    assert (split / "test.txt").read_text() == (first_split / "test.txt").read_text(), "seeded split"
+    assert (split / "test.txt").read_text() == (first_split / "test.txt").read_text(), (
+        "seeded split"
+    )
     assert cli("logs", str(second)).stdout == followed.stdout
 
 
@@ -96,7 +106,9 @@ def test_segmentation_from_scratch(cli, workspace, trained_project):
     assert load_with_kraken(model) == "segmentation"
 
 
-def test_broken_base_model_fails_with_the_ketos_error_line(cli, workspace, trained_project, tmp_path):
+def test_broken_base_model_fails_with_the_ketos_error_line(
+    cli, workspace, trained_project, tmp_path
+):
     broken = tmp_path / "broken.mlmodel"
     broken.write_bytes(b"this is not a model")
     assert cli("models", "push", str(broken)).exit_code == 0
@@ -145,4 +157,6 @@ def test_compile_job_then_clean_frees_the_arrows_and_logs(cli, workspace, traine
     assert cleaned.exit_code == 0, cleaned.output
     assert json.loads(cleaned.stdout)["removed"] >= 4
     assert not list(compiled.glob("*.arrow")) and not log.exists()
-    assert (workspace / "cluster" / row["job_dir"] / "job.sh").exists(), "scripts and events are kept"
+    assert (workspace / "cluster" / row["job_dir"] / "job.sh").exists(), (
+        "scripts and events are kept"
+    )

@@ -1,8 +1,10 @@
-"""The cycle from a "laptop" against the real cluster: SSH to the non-root user, real Slurm, real ketos.
+"""The cycle from a "laptop" against the real cluster: SSH to the non-root user, real Slurm,
+real ketos.
 
 init → setup → push → submit transcription → status walks Slurm's states → logs -f → fetch a
 loadable model; cancel; a broken base model FAILS with the ketos error line; version mismatch.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,9 +13,7 @@ import time
 
 import pytest
 
-from conftest import Cli, sample_gt, set_project
-
-from integration_helpers import load_with_kraken, ssh_workspace
+from helpers import Cli, load_with_kraken, sample_gt, set_project, ssh_workspace
 
 pytestmark = pytest.mark.integration
 
@@ -23,27 +23,36 @@ def remote(tmp_path, cluster, remote_root):
     name, path = remote_root
     ws = ssh_workspace(tmp_path, cluster, name)
     config = ws / "hpctrain.yaml"
-    config.write_text(config.read_text() + f"""    executor: slurm
+    config.write_text(
+        config.read_text()
+        + f"""    executor: slurm
     device: cpu
-    venv: {cluster['HPCTRAIN_TEST_KRAKEN_VENV']}
+    venv: {cluster["HPCTRAIN_TEST_KRAKEN_VENV"]}
     kraken_version: 7.1.1
-""")
+"""
+    )
     cli = Cli(ws)
     assert cli("init", str(ws)).exit_code == 0
     setup = cli("setup", "--json")
     assert setup.exit_code == 0, setup.output
-    assert json.loads(setup.stdout)["version"] == json.loads(cli("setup", "--json").stdout)["version"]
+    assert (
+        json.loads(setup.stdout)["version"] == json.loads(cli("setup", "--json").stdout)["version"]
+    )
     assert not json.loads(cli("setup", "--json").stdout)["changed"], "same version: nothing to do"
     cli("project", "new", "Demo")
     sample_gt.generate(ws / "ground_truth" / "Demo", pages=12, lines=4)
-    set_project(ws, "Demo", transcription={"early_stopping": False, "epochs": 3},
-                resources={"cpus": 2, "time": "00:20:00", "partition": "publicgpu"})
+    set_project(
+        ws,
+        "Demo",
+        transcription={"early_stopping": False, "epochs": 3},
+        resources={"cpus": 2, "time": "00:20:00", "partition": "publicgpu"},
+    )
     assert cli("push", "Demo").exit_code == 0
     return cli, ws, path
 
 
 def cluster_user() -> str:
-    from conftest import ENV_FILE
+    from helpers import ENV_FILE
 
     return dict(line.split("=", 1) for line in ENV_FILE.read_text().split())["HPCTRAIN_TEST_USER"]
 
@@ -65,7 +74,8 @@ def test_remote_transcription_cycle(remote):
     submitted = cli("submit", "transcription", "Demo", "--no-base", "--json")
     assert submitted.exit_code == 0, submitted.output
     job = json.loads(submitted.stdout)["job"]
-    # A second job asking for the same 2 CPUs must wait: its states walk PENDING → RUNNING → COMPLETED.
+    # A second job asking for the same 2 CPUs must wait: its states walk
+    # PENDING → RUNNING → COMPLETED.
     queued = json.loads(cli("submit", "transcription", "Demo", "--no-base", "--json").stdout)["job"]
     seen, _ = poll(cli, queued["id"], ("COMPLETED", "FAILED"))
     assert seen == ["PENDING", "RUNNING", "COMPLETED"], seen
@@ -74,13 +84,18 @@ def test_remote_transcription_cycle(remote):
     seen, row = poll(cli, job["id"], ("COMPLETED", "FAILED"))
     assert row["state"] == "COMPLETED", (seen, row)
     assert row["epoch"] == 3 and row["best_metric"] == "val_accuracy"
-    owner = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "User", "-j", job["scheduler_id"]],
-                           capture_output=True, text=True)
+    owner = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-o", "User", "-j", job["scheduler_id"]],
+        capture_output=True,
+        text=True,
+    )
     assert owner.stdout.strip() == cluster_user(), "submitted through sshd as the non-root user"
     fetched = json.loads(cli("fetch", "Demo", "--json").stdout)
     model = next(ws / f for f in fetched["files"] if f.endswith(".mlmodel"))
     assert load_with_kraken(model) == "recognition"
-    assert (path / job["job_dir"] / "events.jsonl").stat().st_uid == (path / "Ground_Truth").stat().st_uid
+    assert (path / job["job_dir"] / "events.jsonl").stat().st_uid == (
+        path / "Ground_Truth"
+    ).stat().st_uid
 
 
 def test_remote_cancel_and_failure(remote, tmp_path):
@@ -96,7 +111,9 @@ def test_remote_cancel_and_failure(remote, tmp_path):
     broken.write_bytes(b"not a model")
     assert cli("models", "push", str(broken)).exit_code == 0
     set_project(ws, "Demo", transcription={"epochs": 2})
-    failing = json.loads(cli("submit", "transcription", "Demo", "--base", "broken", "--json").stdout)["job"]
+    failing = json.loads(
+        cli("submit", "transcription", "Demo", "--base", "broken", "--json").stdout
+    )["job"]
     _, row = poll(cli, failing["id"], ("COMPLETED", "FAILED"))
     assert row["state"] == "FAILED" and row["error"], row
     assert f"job {failing['id']}: " in cli("status").stdout
@@ -104,10 +121,27 @@ def test_remote_cancel_and_failure(remote, tmp_path):
 
 def test_version_mismatch_is_refused(remote, monkeypatch):
     cli, ws, path = remote
-    import hpctrain.remote
+    import hpctrain.backends.rpc
 
-    monkeypatch.setattr(hpctrain.remote, "__version__", "0.0.1")
+    monkeypatch.setattr(hpctrain.backends.rpc, "__version__", "0.0.1")
     result = cli("status")
     assert result.exit_code != 0
     last = result.stderr.strip().splitlines()[-1]
     assert "version mismatch" in last and "0.0.1" in last and "hpctrain setup" in last
+
+
+def test_workspace_template_overrides_reach_remote_jobs(remote):
+    cli, ws, path = remote
+    override = ws / "templates" / "kraken" / "compile.sh.j2"
+    override.parent.mkdir(parents=True)
+    override.write_text(
+        '{% extends "packaged/kraken/compile.sh.j2" %}\n'
+        "{% block environment %}{{ super() }}export FROM_MY_WORKSPACE=1\n"
+        "{% endblock %}\n"
+    )
+    dry = cli("submit", "compile", "Demo", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "export FROM_MY_WORKSPACE=1\n" in dry.stdout
+    job = json.loads(cli("submit", "compile", "Demo", "--json").stdout)["job"]
+    assert "export FROM_MY_WORKSPACE=1\n" in (path / job["job_dir"] / "job.sh").read_text()
+    cli("cancel", str(job["id"]))

@@ -1,4 +1,6 @@
-"""The Slurm executor on the login node: real sbatch, sacct and scancel of scripts/test_cluster.sh's cluster."""
+"""The Slurm executor on the login node: real sbatch, sacct and scancel of
+scripts/test_cluster.sh's cluster."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +9,8 @@ import time
 
 import pytest
 
-from conftest import ROOT, set_project, tree_snapshot
-from integration_helpers import use_slurm, wait_until_running
+from helpers import ROOT, set_project, tree_snapshot
+from helpers import use_slurm, wait_until_running
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("kraken")
@@ -17,8 +19,12 @@ pytest.importorskip("kraken")
 @pytest.fixture
 def slurm_project(cli, workspace, demo_project):
     use_slurm(workspace)
-    set_project(workspace, "Demo", transcription={"early_stopping": False, "epochs": 3},
-                resources={"cpus": 2, "time": "00:20:00", "partition": "publicgpu"})
+    set_project(
+        workspace,
+        "Demo",
+        transcription={"early_stopping": False, "epochs": 3},
+        resources={"cpus": 2, "time": "00:20:00", "partition": "publicgpu"},
+    )
     assert cli("push", "Demo").exit_code == 0
     return "Demo"
 
@@ -36,7 +42,9 @@ def states_until_final(cli, job, timeout=900) -> list[str]:
 
 
 def sacct_state(slurm_id: str) -> str:
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", slurm_id], capture_output=True, text=True)
+    out = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-o", "State", "-j", slurm_id], capture_output=True, text=True
+    )
     return out.stdout.strip().split()[0] if out.stdout.strip() else ""
 
 
@@ -53,9 +61,13 @@ def test_transcription_runs_under_slurm(cli, workspace, slurm_project):
     while sacct_state(job["scheduler_id"]) != "COMPLETED":  # accounting may lag the job's end
         assert time.monotonic() < deadline, sacct_state(job["scheduler_id"])
         time.sleep(0.5)
-    submission = next((workspace / "cluster" / job["job_dir"] / "submitit").glob("*_submission.sh")).read_text()
+    submission = next(
+        (workspace / "cluster" / job["job_dir"] / "submitit").glob("*_submission.sh")
+    ).read_text()
     assert "#SBATCH --job-name=hpctrain-Demo-transcription-1" in submission
-    assert "#SBATCH --partition=publicgpu" in submission and "#SBATCH --cpus-per-task=2" in submission
+    assert (
+        "#SBATCH --partition=publicgpu" in submission and "#SBATCH --cpus-per-task=2" in submission
+    )
     assert "submitit.core._submit" in submission
 
 
@@ -75,7 +87,9 @@ def test_invalid_partition_is_refused_and_nothing_is_registered(cli, workspace, 
     result = cli("submit", "transcription", "Demo", "--no-base", "--partition", "nosuchpartition")
     assert result.exit_code != 0
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("hpctrain: error: sbatch refused the job") and "partition" in last.lower()
+    assert (
+        last.startswith("hpctrain: error: sbatch refused the job") and "partition" in last.lower()
+    )
     assert cli("status").stdout.startswith("no jobs yet")
     assert not list((workspace / "cluster" / "Repertoire_model_finetune").rglob("job.sh"))
 
@@ -83,7 +97,9 @@ def test_invalid_partition_is_refused_and_nothing_is_registered(cli, workspace, 
 def stop_slurmctld() -> None:
     subprocess.run(["pkill", "-x", "slurmctld"], check=True)
     deadline = time.monotonic() + 30
-    while subprocess.run(["pgrep", "-x", "slurmctld"], capture_output=True).returncode == 0:  # gone for real
+    while (
+        subprocess.run(["pgrep", "-x", "slurmctld"], capture_output=True).returncode == 0
+    ):  # gone for real
         assert time.monotonic() < deadline
         time.sleep(0.2)
 
@@ -94,15 +110,25 @@ def test_slurmctld_down_is_a_clear_error_and_loses_nothing(cli, workspace, slurm
     try:
         result = cli("submit", "transcription", "Demo", "--no-base", "--time", "00:05:00")
         assert result.exit_code != 0
-        assert result.stderr.strip().splitlines()[-1].startswith("hpctrain: error: sbatch refused the job")
+        assert (
+            result.stderr.strip()
+            .splitlines()[-1]
+            .startswith("hpctrain: error: sbatch refused the job")
+        )
         assert cli("status").stdout.startswith("no jobs yet")
     finally:
-        subprocess.run(["bash", str(ROOT / "scripts" / "test_cluster.sh"), "up"], check=True, capture_output=True)
+        subprocess.run(
+            ["bash", str(ROOT / "scripts" / "test_cluster.sh"), "up"],
+            check=True,
+            capture_output=True,
+        )
     assert tree_snapshot(workspace / "cluster" / "Ground_Truth") == before
 
 
 def test_no_sbatch_is_a_clear_error(cli, workspace, slurm_project, monkeypatch):
-    monkeypatch.setenv("PATH", "/nonexistent")  # a login node where Slurm's commands are not on the PATH
+    monkeypatch.setenv(
+        "PATH", "/nonexistent"
+    )  # a login node where Slurm's commands are not on the PATH
     result = cli("submit", "transcription", "Demo", "--no-base")
     assert result.exit_code != 0
     assert "sbatch not found on this machine" in result.stderr.strip().splitlines()[-1]
@@ -120,7 +146,9 @@ def test_slurmctld_stopped_during_status_of_a_live_job(cli, workspace, slurm_pro
 
     def rows():
         with sqlite3.connect(registry) as db:
-            return db.execute("SELECT id, kind, project, state, job_dir, scheduler_id FROM jobs").fetchall()
+            return db.execute(
+                "SELECT id, kind, project, state, job_dir, scheduler_id FROM jobs"
+            ).fetchall()
 
     before = rows()
     stop_slurmctld()
@@ -128,11 +156,20 @@ def test_slurmctld_stopped_during_status_of_a_live_job(cli, workspace, slurm_pro
         result = cli("status")
         if result.exit_code:  # the controller was needed (a job accounting does not know yet)
             last = result.stderr.strip().splitlines()[-1]
-            assert last.startswith("hpctrain: error: squeue") and "Traceback" not in result.output, result.output
+            assert (
+                last.startswith("hpctrain: error: squeue") and "Traceback" not in result.output
+            ), result.output
         else:  # accounting (slurmdbd) answered on its own: the job is still shown as it is
             assert "RUNNING" in result.stdout, result.stdout
         assert rows() == before
     finally:
-        subprocess.run(["bash", str(ROOT / "scripts" / "test_cluster.sh"), "up"], check=True, capture_output=True)
-    assert json.loads(cli("status", str(job["id"]), "--json").stdout)[0]["state"] in ("RUNNING", "PENDING")
+        subprocess.run(
+            ["bash", str(ROOT / "scripts" / "test_cluster.sh"), "up"],
+            check=True,
+            capture_output=True,
+        )
+    assert json.loads(cli("status", str(job["id"]), "--json").stdout)[0]["state"] in (
+        "RUNNING",
+        "PENDING",
+    )
     assert "CANCELLED" in cli("cancel", str(job["id"])).stdout

@@ -1,10 +1,12 @@
-"""The CLI as a user drives it: help that teaches, one-line errors that write nothing, push, dry-run, clean."""
+"""The CLI as a user drives it: help that teaches, one-line errors that write nothing, push,
+dry-run, clean."""
+
 from __future__ import annotations
 
 import click
 import pytest
 
-from conftest import set_project, tree_snapshot
+from helpers import set_project, tree_snapshot
 from hpctrain.cli import main
 
 
@@ -15,9 +17,13 @@ def all_commands(group=main, prefix=()):
             yield from all_commands(command, prefix + (name,))
 
 
-@pytest.mark.parametrize("path, command", list(all_commands()), ids=lambda v: " ".join(v) if isinstance(v, tuple) else "")
+@pytest.mark.parametrize(
+    "path, command", list(all_commands()), ids=lambda v: " ".join(v) if isinstance(v, tuple) else ""
+)
 def test_every_command_has_help_with_an_example(path, command):
-    assert command.help and "Example" in command.help, f"'hpctrain {' '.join(path)}' needs help with an example"
+    assert command.help and "Example" in command.help, (
+        f"'hpctrain {' '.join(path)}' needs help with an example"
+    )
     for param in command.params:
         if isinstance(param, click.Option):
             assert param.help, f"option {param.opts} of {' '.join(path)} needs help text"
@@ -39,7 +45,10 @@ BAD_INPUTS = [
     (("submit", "transcription", "Demo", "--base", "nope"), "unknown base model 'nope'"),
     (("submit", "transcription", "Demo", "--base", "a/b"), "invalid base model name 'a/b'"),
     (("submit", "transcription", "Demo", "--base", "`id`"), "invalid base model name"),
-    (("submit", "transcription", "Demo", "--no-base"), "no ground truth for project 'Demo' on the cluster"),
+    (
+        ("submit", "transcription", "Demo", "--no-base"),
+        "no ground truth for project 'Demo' on the cluster",
+    ),
     (("submit", "segmentation", "Demo", "--time", "5h; rm"), "is not a Slurm time"),
     (("logs", "99"), "no job 99"),
     (("cancel", "99"), "no job 99"),
@@ -107,9 +116,21 @@ def test_push_is_incremental(cli, workspace, demo_project):
 def test_dry_run_prints_the_script_and_submits_nothing(cli, workspace, demo_project):
     assert cli("push", "Demo").exit_code == 0
     before = tree_snapshot(workspace)
-    result = cli("submit", "transcription", "Demo", "--no-base", "--dry-run", "--gpus", "2", "--partition", "p1")
+    result = cli(
+        "submit",
+        "transcription",
+        "Demo",
+        "--no-base",
+        "--dry-run",
+        "--gpus",
+        "2",
+        "--partition",
+        "p1",
+    )
     assert result.exit_code == 0, result.output
-    assert result.stdout.startswith("#!/bin/bash\n#SBATCH --job-name=hpctrain-Demo-transcription-1\n")
+    assert result.stdout.startswith(
+        "#!/bin/bash\n#SBATCH --job-name=hpctrain-Demo-transcription-1\n"
+    )
     assert "#SBATCH --gres=gpu:2\n" in result.stdout and "#SBATCH --partition=p1\n" in result.stdout
     assert "ketos" in result.stdout and "train" in result.stdout
     assert tree_snapshot(workspace) == before
@@ -136,7 +157,9 @@ def test_models_push_and_list(cli, workspace, tmp_path):
     source.write_bytes(b"weights")
     assert_one_line_error(cli("models", "push", str(source)), "invalid model name 'tridis v2'")
     assert cli("models", "push", str(source), "--name", "tridis_v2").exit_code == 0
-    assert (workspace / "cluster" / "Model_de_base" / "tridis_v2.mlmodel").read_bytes() == b"weights"
+    assert (
+        workspace / "cluster" / "Model_de_base" / "tridis_v2.mlmodel"
+    ).read_bytes() == b"weights"
     import json
 
     listed = json.loads(cli("models", "list", "--json").stdout)
@@ -153,7 +176,7 @@ def test_init_is_idempotent_and_never_overwrites(cli, workspace):
 
 
 def test_traceback_flag_shows_the_stack(cli, workspace):
-    from hpctrain.errors import NotFoundError
+    from hpctrain.core.errors import NotFoundError
 
     with pytest.raises(NotFoundError):
         cli("--traceback", "push", "Nope")
@@ -171,7 +194,9 @@ def test_example_project_file_is_the_documented_template(workspace, cli):
 
 def test_cluster_tree_names_are_configurable(cli, workspace, demo_project):
     config = workspace / "hpctrain.yaml"
-    config.write_text(config.read_text().replace("ground_truth: Ground_Truth", "ground_truth: Verite_Terrain"))
+    config.write_text(
+        config.read_text().replace("ground_truth: Ground_Truth", "ground_truth: Verite_Terrain")
+    )
     assert cli("init", str(workspace)).exit_code == 0
     assert cli("push", "Demo").exit_code == 0
     assert (workspace / "cluster" / "Verite_Terrain" / "Demo" / "page001.xml").is_file()
@@ -188,17 +213,26 @@ def test_checksum_catches_an_edit_that_keeps_size_and_mtime(cli, workspace, demo
     text = page.read_text()
     page.write_text(text.replace("hpctrain sample generator", "hpctrain sample generatoR"))
     os.utime(page, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert json.loads(cli("push", "Demo", "--json").stdout)["sent"] == [], "size+mtime cannot see it"
+    assert json.loads(cli("push", "Demo", "--json").stdout)["sent"] == [], (
+        "size+mtime cannot see it"
+    )
     data = json.loads(cli("push", "Demo", "--checksum", "--json").stdout)
     assert data["sent"] == ["Ground_Truth/Demo/page003.xml"] and data["unchanged"] == 23
-    assert (workspace / "cluster" / "Ground_Truth" / "Demo" / "page003.xml").read_text() == page.read_text()
+    assert (
+        workspace / "cluster" / "Ground_Truth" / "Demo" / "page003.xml"
+    ).read_text() == page.read_text()
 
 
 def test_partition_precedence_flag_then_project_then_profile(cli, workspace, demo_project):
     assert cli("push", "Demo").exit_code == 0
     config = workspace / "hpctrain.yaml"
-    config.write_text(config.read_text().replace("    device: cpu", "    device: cpu\n    partition: fromprofile"))
-    script = lambda *a: cli("submit", "compile", "Demo", "--dry-run", *a).stdout
+    config.write_text(
+        config.read_text().replace("    device: cpu", "    device: cpu\n    partition: fromprofile")
+    )
+
+    def script(*a):
+        return cli("submit", "compile", "Demo", "--dry-run", *a).stdout
+
     assert "#SBATCH --partition=fromprofile\n" in script()
     set_project(workspace, "Demo", resources={"partition": "fromproject"})
     assert "#SBATCH --partition=fromproject\n" in script()

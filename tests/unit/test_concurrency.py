@@ -1,4 +1,6 @@
-"""Two `submit` at once both land in the registry; `status` while events are half-written reads no error."""
+"""Two `submit` at once both land in the registry; `status` while events are half-written reads
+no error."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +13,10 @@ HPCTRAIN = str(Path(sys.executable).with_name("hpctrain"))
 
 def test_two_submits_at_once_both_land(workspace, cli):
     argv = [HPCTRAIN, "-w", str(workspace), "submit", "torchrun", "-m", "no_such_module", "--json"]
-    processes = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    processes = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
     outputs = [p.communicate(timeout=120) for p in processes]
     assert all(p.returncode == 0 for p in processes), [err for _, err in outputs]
     ids = sorted(json.loads(out)["job"]["id"] for out, _ in outputs)
@@ -27,10 +32,12 @@ def test_status_ignores_a_half_written_event_line(workspace, cli):
     cli("wait", str(job["id"]), "--timeout", "120")
     events = workspace / "cluster" / job["job_dir"] / "events.jsonl"
     complete = json.loads(cli("status", str(job["id"]), "--json").stdout)[0]
-    for half in ('{"t": 1, "event": "metrics", "epoch": 99, "val_au',  # a writer caught mid-line
-                 '{"t": 1, "event": "metrics", "epoch": 99, "val_auc": 0.5}'):  # whole JSON, newline not yet
+    for half in (
+        '{"t": 1, "event": "metrics", "epoch": 99, "val_au',  # a writer caught mid-line
+        '{"t": 1, "event": "metrics", "epoch": 99, "val_auc": 0.5}',
+    ):  # whole JSON, newline not yet
         with open(events, "a") as handle:
             handle.write(half)
         result = cli("status", str(job["id"]), "--json")
         assert result.exit_code == 0 and json.loads(result.stdout)[0] == complete
-        events.write_text(events.read_text()[:-len(half)])
+        events.write_text(events.read_text()[: -len(half)])

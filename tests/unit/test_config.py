@@ -1,14 +1,17 @@
 """Config precedence: flags > HPCTRAIN_* env > workspace file > user config > defaults."""
+
 from __future__ import annotations
 
 import pytest
 
-from hpctrain.config import load_workspace, resolve_settings
-from hpctrain.errors import ConfigError, InvalidName
+from hpctrain.core.config import load_workspace, resolve_settings
+from hpctrain.core.errors import ConfigError, InvalidName
 
 
 def test_precedence_key_by_key():
-    user = {"profiles": {"local": {"device": "cuda:1", "root": "/user", "kraken_version": "4.3.13"}}}
+    user = {
+        "profiles": {"local": {"device": "cuda:1", "root": "/user", "kraken_version": "4.3.13"}}
+    }
     workspace = {"profiles": {"local": {"device": "cpu", "root": "/ws"}}}
     env = {"HPCTRAIN_ROOT": "/env"}
     name, merged = resolve_settings(workspace, user, env, {"root": None})
@@ -38,21 +41,26 @@ def test_user_config_is_the_lowest_file_layer(workspace, isolated_home):
     config.parent.mkdir(parents=True)
     config.write_text("profiles:\n  local:\n    venv: /opt/kraken\n    device: cuda:3\n")
     profile = load_workspace(workspace).profile
-    assert profile.venv == "/opt/kraken"     # only the user config sets it
-    assert profile.device == "cpu"           # the workspace file wins
+    assert profile.venv == "/opt/kraken"  # only the user config sets it
+    assert profile.device == "cpu"  # the workspace file wins
 
 
-@pytest.mark.parametrize("text, message", [
-    ("profiles:\n  local:\n    devise: cpu\n", "unknown profile key(s) devise"),
-    ("profiles:\n  local:\n    tree:\n      ground_truth: ../escape\n", "invalid tree folder"),
-    ("profiles:\n  local:\n    backend: telnet\n", "backend 'telnet' is not available"),
-    ("profile: nope\n", "unknown profile 'nope'"),
-    ("profiles: [\n", "not valid YAML"),
-    ("- a list\n", "expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("profiles:\n  local:\n    devise: cpu\n", "unknown profile key(s) devise"),
+        ("profiles:\n  local:\n    tree:\n      ground_truth: ../escape\n", "invalid tree folder"),
+        ("profiles:\n  local:\n    backend: telnet\n", "backend 'telnet' is not available"),
+        ("profile: nope\n", "unknown profile 'nope'"),
+        ("profiles: [\n", "not valid YAML"),
+        ("- a list\n", "expected a mapping"),
+    ],
+)
 def test_bad_workspace_files(workspace, text, message):
     (workspace / "hpctrain.yaml").write_text(text)
-    with pytest.raises((ConfigError, InvalidName), match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(
+        (ConfigError, InvalidName), match=message.replace("(", r"\(").replace(")", r"\)")
+    ):
         load_workspace(workspace)
 
 

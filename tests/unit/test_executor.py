@@ -1,22 +1,40 @@
-"""Slurm state mapping and time parsing (the real sbatch/sacct path is in tests/integration/test_slurm.py)."""
+"""Slurm state mapping and time parsing (the real sbatch/sacct path is in
+tests/integration/test_slurm.py)."""
+
 from __future__ import annotations
 
 import pytest
 
-from hpctrain.executor import SLURM_STATES, SlurmScheduler, directives, time_to_minutes
-from hpctrain.registry import JobState
+from hpctrain.cluster.scheduler import SLURM_STATES, SlurmScheduler, directives, time_to_minutes
+from hpctrain.cluster.registry import JobState
 
 
-@pytest.mark.parametrize("text, minutes", [("30", 30), ("05:00:00", 300), ("1-00:00:00", 1440), ("2-12", 3600),
-                                           ("10:30", 10.5), ("0:0:30", 0.5)])
+@pytest.mark.parametrize(
+    "text, minutes",
+    [
+        ("30", 30),
+        ("05:00:00", 300),
+        ("1-00:00:00", 1440),
+        ("2-12", 3600),
+        ("10:30", 10.5),
+        ("0:0:30", 0.5),
+    ],
+)
 def test_slurm_time_formats(text, minutes):
     assert time_to_minutes(text) == minutes
 
 
 def test_sacct_lines_map_onto_job_states():
     found = {"11": None, "12": None, "13": None, "14": None}
-    SlurmScheduler._read_states("11|COMPLETED\n12|CANCELLED by 1000\n13|PREEMPTED\n99|RUNNING\n", found)
-    assert found == {"11": JobState.COMPLETED, "12": JobState.CANCELLED, "13": JobState.PENDING, "14": None}
+    SlurmScheduler._read_states(
+        "11|COMPLETED\n12|CANCELLED by 1000\n13|PREEMPTED\n99|RUNNING\n", found
+    )
+    assert found == {
+        "11": JobState.COMPLETED,
+        "12": JobState.CANCELLED,
+        "13": JobState.PENDING,
+        "14": None,
+    }
     SlurmScheduler._read_states("14|WEIRD_NEW_STATE\n", found)
     assert found["14"] == JobState.UNKNOWN
 

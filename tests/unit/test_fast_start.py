@@ -1,4 +1,5 @@
 """Fast start: the CLI imports heavy modules only inside the commands that need them."""
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,11 @@ print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & set(%r))), file
 
 @pytest.mark.parametrize("args", [["--help"], ["status"], ["submit", "--help"], ["push", "--help"]])
 def test_no_heavy_imports(workspace, args):
-    done = subprocess.run([sys.executable, "-c", PROBE % (HEAVY,), "-w", str(workspace), *args],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE % (HEAVY,), "-w", str(workspace), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     loaded = json.loads(done.stderr.strip().splitlines()[-1])
     assert loaded == [], f"'hpctrain {' '.join(args)}' imported {loaded}"

@@ -1,12 +1,13 @@
 """Ground-truth validation against a matrix of broken inputs."""
+
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from conftest import sample_gt
-from hpctrain.groundtruth import MIN_PAGES_FOR_SPLIT, validate
+from helpers import sample_gt
+from hpctrain.jobs.groundtruth import MIN_PAGES_FOR_SPLIT, validate
 
 
 @pytest.fixture
@@ -43,18 +44,24 @@ def _break(gt, kind):
     elif kind == "no image named":
         xml.write_text(text.replace('imageFilename="page003.png"', ""))
     elif kind == "image outside":
-        xml.write_text(text.replace('imageFilename="page003.png"', 'imageFilename="../../etc/passwd"'))
+        xml.write_text(
+            text.replace('imageFilename="page003.png"', 'imageFilename="../../etc/passwd"')
+        )
     elif kind == "absolute image":
         xml.write_text(text.replace('imageFilename="page003.png"', 'imageFilename="/etc/passwd"'))
     elif kind == "no lines":
         start, end = text.index("<TextLine"), text.rindex("</TextLine>") + len("</TextLine>")
         xml.write_text(text[:start] + text[end:])
     elif kind == "entity expansion":
-        xml.write_text('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;">]>'
-                       + text.split("?>", 1)[1].replace("hpctrain sample generator", "&lol2;"))
+        xml.write_text(
+            '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;">]>'
+            + text.split("?>", 1)[1].replace("hpctrain sample generator", "&lol2;")
+        )
     elif kind == "external entity":
-        xml.write_text('<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
-                       + text.split("?>", 1)[1].replace("hpctrain sample generator", "&e;"))
+        xml.write_text(
+            '<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
+            + text.split("?>", 1)[1].replace("hpctrain sample generator", "&e;")
+        )
     elif kind == "symlink outside":
         (gt / "page003.png").unlink()
         os.symlink("/etc/hostname", gt / "page003.png")
@@ -63,19 +70,22 @@ def _break(gt, kind):
     return "page003"
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("malformed", "not well-formed XML"),
-    ("missing image", "image page003.png not found"),
-    ("not page or alto", "neither PAGE nor ALTO"),
-    ("no image named", "names no image"),
-    ("image outside", "outside the ground-truth folder"),
-    ("absolute image", "outside the ground-truth folder"),
-    ("no lines", "has no text lines"),
-    ("entity expansion", "DOCTYPE declarations are not allowed"),
-    ("external entity", "DOCTYPE declarations are not allowed"),
-    ("symlink outside", "symbolic link pointing outside"),
-    ("empty file", "not well-formed XML"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("malformed", "not well-formed XML"),
+        ("missing image", "image page003.png not found"),
+        ("not page or alto", "neither PAGE nor ALTO"),
+        ("no image named", "names no image"),
+        ("image outside", "outside the ground-truth folder"),
+        ("absolute image", "outside the ground-truth folder"),
+        ("no lines", "has no text lines"),
+        ("entity expansion", "DOCTYPE declarations are not allowed"),
+        ("external entity", "DOCTYPE declarations are not allowed"),
+        ("symlink outside", "symbolic link pointing outside"),
+        ("empty file", "not well-formed XML"),
+    ],
+)
 def test_each_broken_page_gives_one_line_naming_the_file(gt, kind, message):
     stem = _break(gt, kind)
     report = validate(gt, "page", need_split=False)

@@ -4,6 +4,7 @@ Each is refused before anything runs: a one-line `hpctrain: error:` (XML problem
 first), a non-zero exit, no command substitution executed (a canary file is never created), and
 not one byte changed anywhere under the test's folder (home, workspace, cluster root).
 """
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tree_snapshot
+from helpers import tree_snapshot
 
 CANARY = "hpctrain-canary"
 DOLLAR = f"$(touch {CANARY})"
@@ -28,6 +29,7 @@ def replace_in_page(old: str, new: str):
         text = page(ws).read_text()
         assert old in text
         page(ws).write_text(text.replace(old, new, 1))
+
     return setup
 
 
@@ -35,6 +37,7 @@ def prepend_doctype(doctype: str):
     def setup(ws: Path, tmp: Path) -> None:
         text = page(ws).read_text().split("\n", 1)[1]
         page(ws).write_text(f'<?xml version="1.0" encoding="UTF-8"?>\n{doctype}\n{text}')
+
     return setup
 
 
@@ -63,22 +66,29 @@ def project_value(key: str, value):
         else:
             data[section] = value
         path.write_text(yaml.safe_dump(data))
+
     return setup
 
 
 def escaping_best_model(ws: Path, tmp: Path) -> None:
-    """A finished job whose events name a best model outside its folder (a hostile or broken cluster)."""
-    from hpctrain.registry import JobState, Registry
+    """A finished job whose events name a best model outside its folder (a hostile or broken
+    cluster)."""
+    from hpctrain.cluster.registry import JobState, Registry
 
     root = ws / "cluster"
     with Registry(root / ".hpctrain" / "registry.sqlite") as registry:
-        record = registry.add("transcription", "Demo", None, lambda i: f"Repertoire_model_finetune/Demo/job{i}", {})
+        record = registry.add(
+            "transcription", "Demo", None, lambda i: f"Repertoire_model_finetune/Demo/job{i}", {}
+        )
         registry.update(record.id, state=JobState.COMPLETED, scheduler_id="1")
     job_dir = root / record.job_dir
     job_dir.mkdir(parents=True)
     (tmp / "stolen.mlmodel").write_text("x")
-    lines = [{"event": "start", "t": 1}, {"event": "result", "best_model": "../../../../stolen.mlmodel", "t": 2},
-             {"event": "end", "exit_code": 0, "t": 3}]
+    lines = [
+        {"event": "start", "t": 1},
+        {"event": "result", "best_model": "../../../../stolen.mlmodel", "t": 2},
+        {"event": "end", "exit_code": 0, "t": 3},
+    ]
     (job_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
 
 
@@ -95,58 +105,147 @@ HOSTILE = [
     ("project option-like", None, ["project", "new", "-rf"], "No such option"),
     ("push ../etc", None, ["push", "../etc"], "invalid project name"),
     ("push $()", None, ["push", DOLLAR], "invalid project name"),
-    ("base ..", None, ["submit", "transcription", "Demo", "--base", "../x"], "invalid base model name"),
-    ("base backticks", None, ["submit", "transcription", "Demo", "--base", BACKTICK], "invalid base model name"),
-    ("base in project file", project_value("base", "a;b"), ["submit", "transcription", "Demo"],
-     "invalid base model name"),
-    ("model --name", None, ["models", "push", "{model}", "--name", "x/../../y"], "invalid model name"),
+    (
+        "base ..",
+        None,
+        ["submit", "transcription", "Demo", "--base", "../x"],
+        "invalid base model name",
+    ),
+    (
+        "base backticks",
+        None,
+        ["submit", "transcription", "Demo", "--base", BACKTICK],
+        "invalid base model name",
+    ),
+    (
+        "base in project file",
+        project_value("base", "a;b"),
+        ["submit", "transcription", "Demo"],
+        "invalid base model name",
+    ),
+    (
+        "model --name",
+        None,
+        ["models", "push", "{model}", "--name", "x/../../y"],
+        "invalid model name",
+    ),
     ("job id $()", None, ["logs", DOLLAR], "invalid job id"),
     ("job id negative", None, ["cancel", "-1"], "No such option"),
     ("status --project", None, ["status", "--project", "a b"], "invalid project name"),
     ("clean ..", None, ["clean", ".."], "invalid project name"),
-    ("torchrun --project", None, ["submit", "torchrun", "-m", "x", "--project", "../x"], "invalid project name"),
+    (
+        "torchrun --project",
+        None,
+        ["submit", "torchrun", "-m", "x", "--project", "../x"],
+        "invalid project name",
+    ),
     ("torchrun module", None, ["submit", "torchrun", "-m", "x;id"], "is not a Python module name"),
     # XML
-    ("entity expansion", prepend_doctype('<!DOCTYPE l [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;&a;">]>'),
-     ["push", "Demo"], "DOCTYPE declarations are not allowed"),
-    ("external entity", prepend_doctype('<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'),
-     ["push", "Demo"], "DOCTYPE declarations are not allowed"),
-    ("parameter entity", prepend_doctype('<!DOCTYPE x [<!ENTITY % p SYSTEM "http://127.0.0.1:9/x"> %p;]>'),
-     ["push", "Demo"], "DOCTYPE declarations are not allowed"),
-    ("external DTD", prepend_doctype('<!DOCTYPE PcGts SYSTEM "http://127.0.0.1:9/page.dtd">'),
-     ["push", "Demo"], "DOCTYPE declarations are not allowed"),
-    ("image absolute path", replace_in_page('imageFilename="page001.png"', 'imageFilename="/etc/passwd"'),
-     ["push", "Demo"], "points outside the ground-truth folder"),
-    ("image ../", replace_in_page('imageFilename="page001.png"', 'imageFilename="../../secret.png"'),
-     ["push", "Demo"], "points outside the ground-truth folder"),
+    (
+        "entity expansion",
+        prepend_doctype('<!DOCTYPE l [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;&a;">]>'),
+        ["push", "Demo"],
+        "DOCTYPE declarations are not allowed",
+    ),
+    (
+        "external entity",
+        prepend_doctype('<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'),
+        ["push", "Demo"],
+        "DOCTYPE declarations are not allowed",
+    ),
+    (
+        "parameter entity",
+        prepend_doctype('<!DOCTYPE x [<!ENTITY % p SYSTEM "http://127.0.0.1:9/x"> %p;]>'),
+        ["push", "Demo"],
+        "DOCTYPE declarations are not allowed",
+    ),
+    (
+        "external DTD",
+        prepend_doctype('<!DOCTYPE PcGts SYSTEM "http://127.0.0.1:9/page.dtd">'),
+        ["push", "Demo"],
+        "DOCTYPE declarations are not allowed",
+    ),
+    (
+        "image absolute path",
+        replace_in_page('imageFilename="page001.png"', 'imageFilename="/etc/passwd"'),
+        ["push", "Demo"],
+        "points outside the ground-truth folder",
+    ),
+    (
+        "image ../",
+        replace_in_page('imageFilename="page001.png"', 'imageFilename="../../secret.png"'),
+        ["push", "Demo"],
+        "points outside the ground-truth folder",
+    ),
     # paths
     ("image symlink out", image_link_outside, ["push", "Demo"], "outside the ground-truth folder"),
     ("xml symlink out", xml_link_outside, ["push", "Demo"], "symbolic link pointing outside"),
     ("fetch escaping path", escaping_best_model, ["fetch", "1"], "outside job 1's folder"),
     ("template dir missing", None, ["--template-dir", "/nonexistent", "status"], "does not exist"),
     # template values (sbatch directives, resources)
-    ("time injection", None, ["submit", "transcription", "Demo", "--time", "05:00:00\n#SBATCH --uid=0"],
-     "is not a Slurm time"),
-    ("partition injection", None, ["submit", "transcription", "Demo", "--partition", "gpu;rm -rf ~"],
-     "has characters Slurm does not accept"),
-    ("mem injection", None, ["submit", "segmentation", "Demo", "--mem", "32G --uid=0"], "is not a Slurm size"),
-    ("constraint space", None, ["submit", "compile", "Demo", "--constraint", "a b"],
-     "has characters Slurm does not accept"),
-    ("mail newline", None, ["submit", "compile", "Demo", "--mail-user", "a@b\n#SBATCH --uid=0"],
-     "is not an e-mail address"),
-    ("spec $()", project_value("transcription.spec", f"[1,48,0,1 {DOLLAR}]"),
-     ["submit", "transcription", "Demo", "--no-base"], "is not a VGSL spec"),
-    ("cpus negative", None, ["submit", "torchrun", "-m", "x", "--cpus-per-task", "-4"], "cpus must be a whole number"),
-    ("alert metric", project_value("alerts", [{"metric": "a;b", "min": 1}]), ["submit", "compile", "Demo"],
-     "is not a metric name"),
-    ("unknown project key", project_value("resources.uid", 0), ["submit", "compile", "Demo"],
-     "unknown key(s) uid"),
+    (
+        "time injection",
+        None,
+        ["submit", "transcription", "Demo", "--time", "05:00:00\n#SBATCH --uid=0"],
+        "is not a Slurm time",
+    ),
+    (
+        "partition injection",
+        None,
+        ["submit", "transcription", "Demo", "--partition", "gpu;rm -rf ~"],
+        "has characters Slurm does not accept",
+    ),
+    (
+        "mem injection",
+        None,
+        ["submit", "segmentation", "Demo", "--mem", "32G --uid=0"],
+        "is not a Slurm size",
+    ),
+    (
+        "constraint space",
+        None,
+        ["submit", "compile", "Demo", "--constraint", "a b"],
+        "has characters Slurm does not accept",
+    ),
+    (
+        "mail newline",
+        None,
+        ["submit", "compile", "Demo", "--mail-user", "a@b\n#SBATCH --uid=0"],
+        "is not an e-mail address",
+    ),
+    (
+        "spec $()",
+        project_value("transcription.spec", f"[1,48,0,1 {DOLLAR}]"),
+        ["submit", "transcription", "Demo", "--no-base"],
+        "is not a VGSL spec",
+    ),
+    (
+        "cpus negative",
+        None,
+        ["submit", "torchrun", "-m", "x", "--cpus-per-task", "-4"],
+        "cpus must be a whole number",
+    ),
+    (
+        "alert metric",
+        project_value("alerts", [{"metric": "a;b", "min": 1}]),
+        ["submit", "compile", "Demo"],
+        "is not a metric name",
+    ),
+    (
+        "unknown project key",
+        project_value("resources.uid", 0),
+        ["submit", "compile", "Demo"],
+        "unknown key(s) uid",
+    ),
 ]
 
 
-@pytest.mark.parametrize("setup, args, fragment", [h[1:] for h in HOSTILE], ids=[h[0] for h in HOSTILE])
-def test_hostile_input_is_refused_and_changes_nothing(cli, workspace, demo_project, tmp_path, monkeypatch,
-                                                     setup, args, fragment):
+@pytest.mark.parametrize(
+    "setup, args, fragment", [h[1:] for h in HOSTILE], ids=[h[0] for h in HOSTILE]
+)
+def test_hostile_input_is_refused_and_changes_nothing(
+    cli, workspace, demo_project, tmp_path, monkeypatch, setup, args, fragment
+):
     monkeypatch.chdir(tmp_path)
     model = tmp_path / "base.mlmodel"
     model.write_bytes(b"model")
@@ -156,7 +255,9 @@ def test_hostile_input_is_refused_and_changes_nothing(cli, workspace, demo_proje
     result = cli(*[a.replace("{model}", str(model)) for a in args])
     assert result.exit_code != 0, result.output
     lines = result.output.strip().splitlines()
-    assert lines[-1].startswith(("hpctrain: error: ", "Error: ")) and fragment in result.output, result.output
+    assert lines[-1].startswith(("hpctrain: error: ", "Error: ")) and fragment in result.output, (
+        result.output
+    )
     assert "Traceback" not in result.output
     assert tree_snapshot(tmp_path) == before
     assert not list(tmp_path.rglob(CANARY)) and not Path(os.getcwd(), CANARY).exists()

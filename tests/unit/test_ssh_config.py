@@ -1,24 +1,32 @@
-"""~/.ssh/config is followed: HostName, User, Port, IdentityFile, ProxyJump, ProxyCommand, UserKnownHostsFile."""
+"""~/.ssh/config is followed: HostName, User, Port, IdentityFile, ProxyJump, ProxyCommand,
+UserKnownHostsFile."""
+
 from __future__ import annotations
 
 import pytest
 
-from hpctrain.ssh import resolve_target
+from hpctrain.backends.ssh.connection import last_hop, parse_hop, resolve_target
 
 
 def test_alias_resolution_and_profile_overrides(tmp_path):
     config = tmp_path / "config"
-    config.write_text("Host hpc\n  HostName login.example.org\n  User alice\n  Port 2200\n"
-                      "  IdentityFile ~/.ssh/id_hpc\n  ProxyJump bastion\n  UserKnownHostsFile /k/known\n"
-                      "Host viaproxy\n  HostName 10.0.0.1\n  ProxyCommand nc -X 5 %h %p\n")
+    config.write_text(
+        "Host hpc\n  HostName login.example.org\n  User alice\n  Port 2200\n"
+        "  IdentityFile ~/.ssh/id_hpc\n  ProxyJump bastion\n  UserKnownHostsFile /k/known\n"
+        "Host viaproxy\n  HostName 10.0.0.1\n  ProxyCommand nc -X 5 %h %p\n"
+    )
     target = resolve_target("hpc", config_path=str(config))
     assert (target.hostname, target.user, target.port) == ("login.example.org", "alice", 2200)
     assert target.identity_files[0].endswith("/.ssh/id_hpc") and target.proxy_jump == "bastion"
     assert target.known_hosts == ("/k/known",) and target.key_name == "[login.example.org]:2200"
-    overridden = resolve_target("hpc", user="bob", port=22, known_hosts="/mine", config_path=str(config))
+    overridden = resolve_target(
+        "hpc", user="bob", port=22, known_hosts="/mine", config_path=str(config)
+    )
     assert (overridden.user, overridden.port, overridden.known_hosts) == ("bob", 22, ("/mine",))
     assert overridden.key_name == "login.example.org"
-    assert resolve_target("viaproxy", config_path=str(config)).proxy_command == "nc -X 5 10.0.0.1 22"
+    assert (
+        resolve_target("viaproxy", config_path=str(config)).proxy_command == "nc -X 5 10.0.0.1 22"
+    )
 
 
 def test_no_config_file_is_fine(tmp_path):
@@ -30,6 +38,28 @@ def test_ssh_config_is_read_only_by_the_ssh_module():
     import subprocess
     import sys
 
-    code = "import sys, hpctrain.cli, hpctrain.client, hpctrain.transport; print('paramiko' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    code = (
+        "import sys, hpctrain.cli, hpctrain.app.push, hpctrain.backends.ssh.transport; "
+        "print('paramiko' in sys.modules)"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
+        == "False"
+    )
     pytest.importorskip("paramiko")
+
+
+def test_a_proxy_jump_chain_is_followed_hop_by_hop(isolated_home):
+    ssh = isolated_home / ".ssh"
+    ssh.mkdir()
+    (ssh / "config").write_text(
+        "Host a\n  HostName a.example\n  User ua\nHost b\n  HostName b.example\n  Port 2201\n"
+    )
+    hop = last_hop("a,b")
+    assert (hop.hostname, hop.port, hop.proxy_jump) == ("b.example", 2201, "a")
+    before = last_hop(hop.proxy_jump)
+    assert (before.hostname, before.user, before.proxy_jump) == ("a.example", "ua", None)
+    assert last_hop("a, b ,alice@c.example:2222").proxy_jump == "a, b "
+    third = parse_hop("alice@c.example:2222")
+    assert (third.hostname, third.user, third.port) == ("c.example", "alice", 2222)
+    assert parse_hop("[::1]:2200").hostname == "::1" and parse_hop("[::1]:2200").port == 2200

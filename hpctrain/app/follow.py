@@ -1,0 +1,66 @@
+"""`hpctrain status`, `logs`, `wait` and `cancel`: following jobs on the cluster side.
+
+`logs -f` and `wait` keep one connection for the whole time they follow a job.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterator
+
+from ..backends import connect
+from ..cluster.api import JobStatus
+from ..cluster.registry import JobState
+from ..core.config import Workspace
+from ..core.errors import HpctrainError
+from ..core.names import check_name
+
+
+def status(
+    workspace: Workspace, job_ids: list[int] | None = None, project: str | None = None
+) -> list[JobStatus]:
+    if project:
+        check_name(project, "project name")
+    with connect(workspace) as transport:
+        return transport.cluster.status(job_ids, project)
+
+
+def poll_interval() -> float:
+    return float(os.environ.get("HPCTRAIN_POLL_SECONDS", "1"))
+
+
+def follow_log(workspace: Workspace, job_id: int, follow: bool = False) -> Iterator[str]:
+    """Chunks of a job's raw log; with `follow`, new ones until the job ends."""
+    with connect(workspace) as transport:
+        cluster, offset = transport.cluster, 0
+        while True:
+            chunk, offset = cluster.read_log(job_id, offset)
+            if chunk:
+                yield chunk
+                continue
+            if not follow or JobState(cluster.job(job_id).state).final:
+                chunk, offset = cluster.read_log(job_id, offset)  # written while we asked
+                if chunk:
+                    yield chunk
+                return
+            time.sleep(poll_interval())
+
+
+def watch(workspace: Workspace, job_id: int, timeout: float | None = None) -> Iterator[JobStatus]:
+    """The job's status row, again and again until it ends (or `timeout` seconds pass)."""
+    deadline = time.monotonic() + timeout if timeout else None
+    with connect(workspace) as transport:
+        while True:
+            row = transport.cluster.job(job_id)
+            yield row
+            if JobState(row.state).final:
+                return
+            if deadline and time.monotonic() > deadline:
+                raise HpctrainError(f"job {job_id} still {row.state} after {timeout:.0f} s")
+            time.sleep(poll_interval())
+
+
+def cancel(workspace: Workspace, job_id: int) -> JobStatus:
+    with connect(workspace) as transport:
+        return transport.cluster.cancel(job_id)

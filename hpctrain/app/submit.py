@@ -1,0 +1,146 @@
+"""`hpctrain submit`: a request built from the project file, the profile and the flags, sent to
+the cluster side, which renders, registers and queues the job (or only renders it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..backends import connect
+from ..cluster.api import Submission
+from ..core.config import Workspace, user_template_dir
+from ..core.errors import ConfigError, InvalidName, NotFoundError
+from ..core.names import check_name
+from ..jobs.render import collect_overrides
+from ..jobs.requests import JobRequest, Resources, TorchrunRequest, override_resources
+from ..jobs.torchrun import REFERENCE_TRAINER, check_module_name
+from .projects import load_project
+
+
+def submit(
+    workspace: Workspace,
+    kind: str,
+    name: str,
+    base: str | None = None,
+    no_base: bool = False,
+    resources: dict | None = None,
+    dry_run: bool = False,
+) -> Submission:
+    project = load_project(workspace, name)
+    params = project.segmentation if kind == "segmentation" else project.transcription
+    if no_base:
+        base = None
+    elif base is None:
+        base = project.base_segmentation if kind == "segmentation" else project.base
+    if base is not None:
+        check_name(base, "base model name")
+    if kind != "compile" and base is None and not params.spec:
+        raise ConfigError(
+            f"no base model and no network spec for {kind}: pass --base NAME, or set "
+            f"{kind}.spec in projects/{name}.yaml to train from scratch"
+        )
+    profile = workspace.profile
+    request = JobRequest(
+        kind=kind,
+        project=project.name,
+        format=project.format,
+        base=base if kind != "compile" else None,
+        params=params,
+        split=project.split,
+        resources=_job_resources(workspace, project.resources, resources or {}),
+        device=profile.device,
+        kraken_version=profile.kraken_version,
+        modules=profile.modules,
+        venv=profile.venv,
+        container=profile.container,
+        templates=template_overrides(workspace),
+        alerts=tuple(a.to_json() for a in project.alerts),
+    )
+    with connect(workspace) as transport:
+        return transport.cluster.submit(request, dry_run=dry_run)
+
+
+def template_overrides(workspace: Workspace) -> dict[str, str]:
+    """The user's templates, sent with every job: --template-dir > workspace > user config."""
+    return collect_overrides(
+        [workspace.template_dir, workspace.path / "templates", user_template_dir()]
+    )
+
+
+def _job_resources(workspace: Workspace, base: Resources, flags: dict) -> Resources:
+    resources = override_resources(base, **flags)
+    if resources.partition is None and workspace.profile.partition:
+        resources = override_resources(resources, partition=workspace.profile.partition)
+    return resources
+
+
+def submit_torchrun(
+    workspace: Workspace,
+    script: str,
+    args: tuple[str, ...] = (),
+    project: str | None = None,
+    module: bool = False,
+    nproc_per_node: int | None = None,
+    resources: dict | None = None,
+    environment: dict | None = None,
+    monitor: str = "val_auc",
+    resume_from: int | None = None,
+    dry_run: bool = False,
+) -> Submission:
+    """Submit SCRIPT (a local .py file, a module with `module`, or hpctrain.trainer) as a
+    torchrun DDP job. With `project`, its project file gives resources and alerts; flags win."""
+    target, text = _torchrun_target(script, module)
+    if project:
+        loaded = load_project(workspace, project)
+        base, alerts = loaded.resources, loaded.alerts
+    else:
+        project, base, alerts = _label_for(target), Resources(), ()
+    resources = _job_resources(workspace, base, resources or {})
+    environment = {k: v for k, v in (environment or {}).items() if v}
+    profile = workspace.profile
+    request = TorchrunRequest(
+        project=project,
+        target=target,
+        script_text=text,
+        args=tuple(args),
+        resources=resources,
+        nproc_per_node=nproc_per_node or resources.gpus or 1,
+        monitor=monitor,
+        alerts=tuple(a.to_json() for a in alerts),
+        modules=tuple(environment.get("modules") or profile.modules),
+        venv=environment.get("venv") or profile.venv,
+        container=environment.get("container") or profile.container,
+        resume_from=resume_from,
+        templates=template_overrides(workspace),
+    )
+    with connect(workspace) as transport:
+        return transport.cluster.submit_torchrun(request, dry_run=dry_run)
+
+
+def _torchrun_target(script: str, module: bool) -> tuple[str, str | None]:
+    """(file name, text) of the script to send, or (module, None) for `torchrun -m`."""
+    if script == REFERENCE_TRAINER:
+        # Read, not imported: the laptop needs no torch to send it.
+        return "trainer.py", (Path(__file__).resolve().parents[1] / "trainer.py").read_text(
+            encoding="utf-8"
+        )
+    if module:
+        return check_module_name(script), None
+    path = Path(script).expanduser()
+    if not path.is_file():
+        raise NotFoundError(
+            f"script {script} not found: give the path of a .py file, or pass "
+            "--module for a module installed in the job's environment"
+        )
+    try:
+        return path.name, path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{script} is not a UTF-8 text file: give a Python script") from None
+
+
+def _label_for(target: str) -> str:
+    """The project label of a torchrun job without --project: the script's or module's name."""
+    stem = target[:-3] if target.endswith(".py") else target.rsplit(".", 1)[-1]
+    try:
+        return check_name(stem, "project name")
+    except InvalidName:
+        raise ConfigError(f"cannot name the job after {target!r}: pass --project NAME") from None

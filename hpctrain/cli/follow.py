@@ -1,0 +1,158 @@
+"""Commands that follow jobs: status, logs, wait, cancel."""
+
+from __future__ import annotations
+
+
+import click
+
+from ..core.errors import HpctrainError
+from .main import json_option, main, metric, print_json, workspace_of
+
+
+# -- following jobs -----------------------------------------------------------------------
+def _elapsed(seconds) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _epoch(row) -> str:
+    if row.epoch is None:
+        return ""
+    return f"{row.epoch}/{row.total_epochs}" if row.total_epochs else str(row.epoch)
+
+
+@main.command()
+@click.argument("job_ids", nargs=-1, metavar="[JOB]...")
+@click.option("--project", "project_name", help="Only this project's jobs.")
+@json_option
+@click.pass_context
+def status(ctx, job_ids, project_name, as_json):
+    """One table of jobs: id, kind, project, base, state, elapsed, epoch, best metric.
+
+    \b
+    Examples:
+      hpctrain status
+      hpctrain status 3 --json
+    """
+    from tabulate import tabulate
+
+    from ..app.follow import status as get_status
+    from ..core.names import check_job_id
+
+    rows = get_status(workspace_of(ctx), [check_job_id(j) for j in job_ids] or None, project_name)
+    if as_json:
+        print_json([r.to_json() for r in rows])
+        return
+    if not rows:
+        click.echo("no jobs yet: 'hpctrain submit --help' shows how to start one")
+        return
+    table = [
+        [
+            r.id,
+            r.kind,
+            r.project,
+            r.base or "",
+            r.state + (" !" if r.alerts else ""),
+            _elapsed(r.elapsed),
+            _epoch(r),
+            metric(r.best_metric, r.best_value),
+            f"{r.test['char_accuracy']:.2%}" if "char_accuracy" in r.test else "",
+        ]
+        for r in rows
+    ]
+    click.echo(
+        tabulate(
+            table,
+            headers=["job", "kind", "project", "base", "state", "elapsed", "epoch", "best", "test"],
+        )
+    )
+    for r in rows:
+        if r.error and r.state == "FAILED":
+            click.echo(f"job {r.id}: {r.error}")
+        for message in r.alerts:
+            click.echo(f"job {r.id}: ALERT {message}")
+
+
+@main.command()
+@click.argument("job_id", metavar="JOB")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the job ends.")
+@click.pass_context
+def logs(ctx, job_id, follow):
+    """Print a job's raw log.
+
+    \b
+    Examples:
+      hpctrain logs 3
+      hpctrain logs 3 -f      # like tail -f, stops when the job ends
+    """
+    from ..app.follow import follow_log
+    from ..core.names import check_job_id
+
+    for chunk in follow_log(workspace_of(ctx), check_job_id(job_id), follow):
+        click.echo(chunk, nl=False)
+
+
+@main.command()
+@click.argument("job_id", metavar="JOB")
+@click.option("--timeout", type=float, help="Give up after this many seconds (non-zero exit).")
+@json_option
+@click.pass_context
+def wait(ctx, job_id, timeout, as_json):
+    """Wait for a job to end, printing its progress; exit 0 only if it COMPLETED.
+
+    \b
+    Example:
+      hpctrain submit transcription Projet_A --json | jq .job.id | xargs hpctrain wait
+    """
+    from ..app.follow import watch
+    from ..core.names import check_job_id
+
+    last = row = None
+    for row in watch(workspace_of(ctx), check_job_id(job_id), timeout):
+        line = _progress_line(row)
+        if line != last and not as_json:
+            click.echo(line)
+            last = line
+    if as_json:
+        print_json(row.to_json())
+    if row.state != "COMPLETED":
+        raise HpctrainError(
+            f"job {row.id} ended {row.state}" + (f": {row.error}" if row.error else "")
+        )
+
+
+def _progress_line(row) -> str:
+    parts = [f"job {row.id} {row.state}"]
+    if row.step:
+        parts.append(row.step)
+    if row.epoch is not None:
+        parts.append(f"epoch {_epoch(row)}")
+    if row.best_value is not None:
+        parts.append(f"best {row.best_metric} {row.best_value:.4f}")
+    if "char_accuracy" in row.test:
+        parts.append(f"test accuracy {row.test['char_accuracy']:.2%}")
+    parts += [f"ALERT {message}" for message in row.alerts]
+    return ", ".join(parts)
+
+
+@main.command()
+@json_option
+@click.argument("job_id", metavar="JOB")
+@click.pass_context
+def cancel(ctx, job_id, as_json):
+    """Cancel a pending or running job.
+
+    \b
+    Example:
+      hpctrain cancel 3
+    """
+    from ..app.follow import cancel as do_cancel
+    from ..core.names import check_job_id
+
+    row = do_cancel(workspace_of(ctx), check_job_id(job_id))
+    if as_json:
+        print_json(row.to_json())
+    else:
+        click.echo(f"job {row.id} {row.state}")

@@ -1,0 +1,80 @@
+"""Commands that bring results back and free quota: fetch, clean."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .main import json_option, main, metric, print_json, size, workspace_of
+
+
+@main.command()
+@click.argument("target", metavar="PROJECT|JOB")
+@json_option
+@click.pass_context
+def fetch(ctx, target, as_json):
+    """Bring a job's best model, events, log and script back into models/finetuned/PROJECT/jobN/.
+
+    \b
+    Examples:
+      hpctrain fetch Projet_A     # the project's latest completed job
+      hpctrain fetch 3
+    """
+    from ..app.fetch import fetch as do_fetch
+
+    result = do_fetch(workspace_of(ctx), target)
+    if as_json:
+        print_json(
+            {
+                "job": result.job.to_json(),
+                "destination": str(result.destination),
+                "files": result.files,
+            }
+        )
+        return
+    job = result.job
+    click.echo(
+        f"job {job.id} ({job.kind} of {job.project}, {metric(job.best_metric, job.best_value)}):"
+    )
+    for item in result.files:
+        click.echo(f"  {item}")
+
+
+@main.command()
+@click.argument("project_name", metavar="PROJECT")
+@click.option("-y", "--yes", is_flag=True, help="Delete without asking.")
+@json_option
+@click.pass_context
+def clean(ctx, project_name, yes, as_json):
+    """Free cluster quota: delete a project's compiled .arrow files and job logs (never models).
+
+    \b
+    Example:
+      hpctrain clean Projet_A          # lists the files, then asks
+      hpctrain clean Projet_A --yes
+    """
+    from ..app.clean import clean as do_clean, clean_plan
+    from ..core.errors import Aborted
+
+    workspace = workspace_of(ctx)
+    plan = clean_plan(workspace, project_name)
+    if not plan:
+        print_json({"removed": 0, "files": []}) if as_json else click.echo("nothing to clean")
+        return
+    if not as_json:
+        for item in plan:
+            click.echo(f"  {item['path']} ({size(item['size'])})")
+    total = sum(i["size"] for i in plan)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise Aborted(
+                f"{len(plan)} file(s) would be deleted; pass --yes to confirm without a terminal"
+            )
+        if not click.confirm(f"delete these {len(plan)} file(s), {size(total)}?", default=False):
+            raise Aborted("nothing deleted")
+    removed = do_clean(workspace, [i["path"] for i in plan])
+    if as_json:
+        print_json({"removed": removed, "files": [i["path"] for i in plan], "bytes": total})
+    else:
+        click.echo(f"deleted {removed} file(s), {size(total)}")

@@ -1,0 +1,246 @@
+"""`hpctrain submit ...`: kraken jobs and torchrun jobs."""
+
+from __future__ import annotations
+
+
+import click
+
+from .main import json_option, main, print_json, workspace_of
+
+
+# -- submit -------------------------------------------------------------------------------
+def _submit_command(kind: str, summary: str, example: str):
+    @click.argument("project_name", metavar="PROJECT")
+    @click.option("--partition", help="Slurm partition.")
+    @click.option("--time", "time_limit", help="Wall-clock limit, e.g. 05:00:00.")
+    @click.option("--gpus", type=int, help="GPUs per node.")
+    @click.option("--cpus", type=int, help="CPUs per task (data-loader workers follow it).")
+    @click.option("--mem", help="Memory, e.g. 32G.")
+    @click.option("--constraint", help="Slurm node constraint, e.g. gputc.")
+    @click.option("--mail-user", help="E-mail for Slurm notifications.")
+    @click.option("--dry-run", is_flag=True, help="Print the exact job script; submit nothing.")
+    @json_option
+    @click.pass_context
+    def command(
+        ctx,
+        project_name,
+        partition,
+        time_limit,
+        gpus,
+        cpus,
+        mem,
+        constraint,
+        mail_user,
+        dry_run,
+        as_json,
+        base=None,
+        no_base=False,
+    ):
+        from ..app.submit import submit
+
+        resources = {
+            "partition": partition,
+            "time": time_limit,
+            "gpus": gpus,
+            "cpus": cpus,
+            "mem": mem,
+            "constraint": constraint,
+            "mail_user": mail_user,
+        }
+        result = submit(
+            workspace_of(ctx),
+            kind,
+            project_name,
+            base=base,
+            no_base=no_base,
+            resources=resources,
+            dry_run=dry_run,
+        )
+        _print_submission(result, kind, dry_run, as_json)
+
+    command.__doc__ = f"{summary}\n\n\b\nExample:\n  {example}\n"
+    if kind != "compile":
+        command = click.option(
+            "--no-base", is_flag=True, help="Train from scratch with the project's spec."
+        )(command)
+        command = click.option("--base", help="Base model name (default: the project's).")(command)
+    return command
+
+
+def _print_submission(result, kind: str, dry_run: bool, as_json: bool) -> None:
+    if as_json:
+        print_json(
+            {
+                "job": result.job.to_json() if result.job else None,
+                "job_dir": result.job_dir,
+                "script": result.script,
+                "dry_run": dry_run,
+            }
+        )
+    elif dry_run:
+        click.echo(result.script, nl=False)
+    else:
+        job = result.job
+        click.echo(
+            f"submitted job {job.id} ({kind} of {job.project}"
+            f"{', base ' + job.base if job.base else ''}); "
+            f"follow it with 'hpctrain logs {job.id} -f'"
+        )
+
+
+@main.group()
+def submit():
+    """Render a job from its template and submit it.
+
+    \b
+    Examples:
+      hpctrain submit transcription Projet_A --base tridis_v2
+      hpctrain submit segmentation Projet_A --base blla --time 04:00:00
+      hpctrain submit transcription Projet_A --dry-run     # print the script only
+      hpctrain submit torchrun train.py --nodes 2 --gpus-per-node 4 -- --config cfg.yaml
+    """
+
+
+submit.command("transcription")(
+    _submit_command(
+        "transcription",
+        "Fine-tune a recognition model: split, ketos compile, ketos train, ketos test.",
+        "hpctrain submit transcription Projet_A --base tridis_v2 --gpus 1",
+    )
+)
+submit.command("segmentation")(
+    _submit_command(
+        "segmentation",
+        "Fine-tune a segmentation model with ketos segtrain.",
+        "hpctrain submit segmentation Projet_A --base blla",
+    )
+)
+submit.command("compile")(
+    _submit_command(
+        "compile",
+        "Split the pages and compile train/validation/test .arrow files.",
+        "hpctrain submit compile Projet_A",
+    )
+)
+
+
+@submit.command("torchrun")
+@click.argument("script")
+@click.argument("script_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- SCRIPT_ARGS]...")
+@click.option(
+    "--project",
+    "project_name",
+    help="Project file for resources and alerts; also the job's label "
+    "(default: the script's name).",
+)
+@click.option("--nodes", type=int, help="Nodes; one torchrun runs on each.")
+@click.option(
+    "--gpus-per-node", type=int, help="GPUs per node; one process per GPU (0: CPU with gloo)."
+)
+@click.option(
+    "--nproc-per-node",
+    type=int,
+    help="Processes per node (default: the GPUs per node, or 1 on CPU).",
+)
+@click.option(
+    "--cpus-per-task", "cpus", type=int, help="CPUs per node; OMP threads = CPUs / processes."
+)
+@click.option("--time", "time_limit", help="Wall-clock limit, e.g. 12:00:00.")
+@click.option("--partition", help="Slurm partition.")
+@click.option("--mem", help="Memory per node, e.g. 64G.")
+@click.option("--constraint", help="Slurm node constraint.")
+@click.option("--mail-user", help="E-mail for Slurm notifications.")
+@click.option(
+    "-m",
+    "--module",
+    "as_module",
+    is_flag=True,
+    help="SCRIPT is a Python module installed in the job's environment (torchrun -m).",
+)
+@click.option(
+    "--venv", help="Virtual environment on the cluster to activate (default: the profile's)."
+)
+@click.option("--load", "modules", multiple=True, help="Environment module to load (repeatable).")
+@click.option("--container", help="Apptainer image on the cluster to run torchrun in.")
+@click.option(
+    "--monitor", default="val_auc", show_default=True, help="Metric that picks the best epoch."
+)
+@click.option(
+    "--resume-from",
+    type=str,
+    metavar="JOB",
+    help="Start from that job's last checkpoint ($HPCTRAIN_RESUME_FROM in the job).",
+)
+@click.option("--dry-run", is_flag=True, help="Print the exact job script; submit nothing.")
+@json_option
+@click.pass_context
+def submit_torchrun(
+    ctx,
+    script,
+    script_args,
+    project_name,
+    nodes,
+    gpus_per_node,
+    nproc_per_node,
+    cpus,
+    time_limit,
+    partition,
+    mem,
+    constraint,
+    mail_user,
+    as_module,
+    venv,
+    modules,
+    container,
+    monitor,
+    resume_from,
+    dry_run,
+    as_json,
+):
+    """Run a PyTorch DDP script with torchrun: one launcher per node, c10d rendezvous.
+
+    SCRIPT is a local .py file (sent with the job), a module with --module, or
+    hpctrain.trainer, the reference image classifier. Arguments after -- go to the script;
+    it runs in the job folder, so relative paths (checkpoints/) land there. It reports
+    metrics by printing lines such as
+
+    \b
+      ##hpctrain {"event": "metrics", "epoch": 3, "total": 50, "val_auc": 0.91}
+
+    and its best model with {"event": "model", "path": "checkpoints/best.pt"}.
+
+    \b
+    Examples:
+      hpctrain submit torchrun train.py --nodes 2 --gpus-per-node 4 -- --config cfg.yaml
+      hpctrain submit torchrun hpctrain.trainer --gpus-per-node 4 --project her2 \
+          -- --data /scratch/her2
+      hpctrain submit torchrun hpctrain.trainer --nproc-per-node 2 --resume-from 7 \
+          -- --data /scratch/her2
+    """
+    from ..app.submit import submit_torchrun as do_submit
+    from ..core.names import check_job_id
+
+    resources = {
+        "nodes": nodes,
+        "gpus": gpus_per_node,
+        "cpus": cpus,
+        "time": time_limit,
+        "partition": partition,
+        "mem": mem,
+        "constraint": constraint,
+        "mail_user": mail_user,
+    }
+    result = do_submit(
+        workspace_of(ctx),
+        script,
+        script_args,
+        project_name,
+        as_module,
+        nproc_per_node,
+        resources,
+        {"venv": venv, "modules": modules, "container": container},
+        monitor,
+        check_job_id(resume_from) if resume_from else None,
+        dry_run,
+    )
+    _print_submission(result, "torchrun", dry_run, as_json)

@@ -1,0 +1,142 @@
+"""The cluster-operations seam: what every implementation of the cluster side must offer.
+
+`ClusterSide` (cluster/ops.py) implements it on the machine that holds the cluster root;
+`RemoteCluster` (backends/rpc.py) implements it from a laptop, one SSH command per call. The
+RPC server accepts exactly the operations named here, and a test checks that both classes
+have all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Protocol, runtime_checkable
+
+from ..core.errors import TransportError
+from ..jobs.requests import JobRequest, TorchrunRequest
+from .registry import JobRecord
+
+MODEL_SUFFIXES = (".mlmodel", ".safetensors")  # what a base model file may be
+
+
+@dataclass(frozen=True)
+class Submission:
+    job: JobRecord | None  # None for a dry run
+    script: str
+    job_dir: str
+
+
+@dataclass
+class JobStatus:
+    """One row of `hpctrain status`."""
+
+    id: int
+    kind: str
+    project: str
+    base: str | None
+    state: str
+    scheduler_id: str | None
+    elapsed: float | None
+    step: str | None
+    epoch: int | None
+    total_epochs: int | None
+    best_metric: str | None
+    best_value: float | None
+    best_model: str | None
+    test: dict = field(default_factory=dict)
+    early_stopped: bool = False
+    error: str | None = None
+    job_dir: str = ""
+    alerts: list = field(default_factory=list)  # open alerts, one message each
+    checkpoint_epoch: int | None = None
+    restarts: int = 0  # times the job was requeued and started again
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FetchPlan:
+    """What `fetch` brings back of one job: (remote path, path under the local job folder)."""
+
+    job: JobStatus
+    files: tuple[tuple[str, str], ...]
+
+
+@runtime_checkable
+class ClusterOps(Protocol):
+    """Every job command's operations on the cluster side."""
+
+    def ensure_tree(self) -> list[str]:
+        """Create the cluster tree's folders; return those created."""
+        ...
+
+    def base_models(self) -> list[dict]:
+        """The base models in the tree's base-model folder: name, file, size."""
+        ...
+
+    def submit(self, request: JobRequest, dry_run: bool = False) -> Submission:
+        """Render, register and queue a kraken job (or only render it)."""
+        ...
+
+    def submit_torchrun(self, request: TorchrunRequest, dry_run: bool = False) -> Submission:
+        """Render, register and queue a torchrun job (or only render it)."""
+        ...
+
+    def status(
+        self, job_ids: list[int] | None = None, project: str | None = None
+    ) -> list[JobStatus]:
+        """One row per job, states refreshed with one scheduler query."""
+        ...
+
+    def job(self, job_id: int) -> JobStatus:
+        """The row of one job."""
+        ...
+
+    def read_log(self, job_id: int, offset: int = 0) -> tuple[str, int]:
+        """The raw log from `offset`, and the offset after it."""
+        ...
+
+    def cancel(self, job_id: int) -> JobStatus:
+        """Cancel a job that has not ended."""
+        ...
+
+    def fetch_plan(self, target: str) -> FetchPlan:
+        """The files of a job (a job id, or a project's latest completed job) to bring back."""
+        ...
+
+    def clean_plan(self, project: str) -> list[dict]:
+        """Files `clean` would delete: path (relative to the root) and size."""
+        ...
+
+    def clean(self, paths: list[str]) -> int:
+        """Delete those files; return how many were deleted."""
+        ...
+
+
+def operations() -> tuple[str, ...]:
+    """The names of the operations of ClusterOps, read from the protocol itself."""
+    return tuple(
+        name
+        for name, value in vars(ClusterOps).items()
+        if callable(value) and not name.startswith("_")
+    )
+
+
+def inside_job(job: JobStatus, remote: str) -> str:
+    """`remote` (relative to the root) if it stays inside the job's folder; refused otherwise.
+
+    The laptop checks again what it receives: a hostile events file never makes fetch read or
+    write outside the job's folder."""
+    import posixpath
+
+    rel = (
+        posixpath.normpath(remote[len(job.job_dir) + 1 :])
+        if remote.startswith(job.job_dir + "/")
+        else ""
+    )
+    if not rel or rel.startswith(("../", "/")) or rel == "..":
+        raise TransportError(
+            f"refusing to fetch {remote!r}: it is outside job {job.id}'s folder "
+            "(fetch only brings files from the job's folder)"
+        )
+    return f"{job.job_dir}/{rel}"

@@ -1,0 +1,270 @@
+"""How jobs are scheduled: the scheduler seam and its two implementations, both on submitit.
+
+A scheduler submits the job runner for a job folder, reports live states, and cancels:
+`LocalScheduler` (submitit's local executor, the embedded default) and `SlurmScheduler`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from pathlib import Path
+from typing import Protocol
+
+from ..core.config import STATE_FOLDER
+from ..core.errors import ConfigError, SchedulerError
+from ..core.layout import EVENTS, SCRIPT, SUBMITIT_DIR
+from .registry import JobState
+
+
+def time_to_minutes(text: str) -> float:
+    """Slurm time formats: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS."""
+    days, _, rest = text.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    if days:
+        hours, minutes, seconds = (parts + [0, 0])[:3]
+    elif len(parts) == 3:
+        hours, minutes, seconds = parts
+    else:
+        hours, minutes, seconds = 0, parts[0], (parts[1] if len(parts) > 1 else 0)
+    return int(days or 0) * 1440 + hours * 60 + minutes + seconds / 60
+
+
+class Scheduler(Protocol):
+    """What the cluster side needs of a scheduler."""
+
+    name: str
+
+    def submit(self, job_dir: Path, time_limit: str) -> str:
+        """Queue the runner of a prepared job folder; return the scheduler's job id."""
+        ...
+
+    def states(self, scheduler_ids: list[str]) -> dict[str, JobState | None]:
+        """Live states, in one query; None where the scheduler no longer knows the job."""
+        ...
+
+    def cancel(self, scheduler_id: str, job_dir: Path) -> None:
+        """Stop the job, whatever its state."""
+        ...
+
+
+def _process_alive(pid: int) -> bool:
+    """True if `pid` runs and is not a zombie (an orphaned controller may linger unreaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    status = Path(f"/proc/{pid}/status")
+    if status.exists():
+        try:
+            match = re.search(r"^State:\s+(\w)", status.read_text(), re.M)
+        except OSError:
+            return False
+        return not (match and match.group(1) in "ZX")
+    return True
+
+
+class LocalScheduler:
+    """submitit's local executor: the job runs as a background process of this machine."""
+
+    name = "local"
+
+    def __init__(self, root: Path):
+        self.queue_lock = Path(root) / STATE_FOLDER / "local-queue.lock"
+
+    def submit(self, job_dir: Path, time_limit: str) -> str:
+        import submitit
+
+        from ..runtime.runner import JobRunner
+
+        executor = submitit.LocalExecutor(folder=job_dir / SUBMITIT_DIR)
+        executor.update_parameters(timeout_min=max(1, int(time_to_minutes(time_limit))))
+        try:
+            job = executor.submit(JobRunner(str(job_dir), str(self.queue_lock)))
+        except Exception as e:  # submitit raises bare exceptions on submission failures
+            raise SchedulerError(f"local submission failed: {e}") from e
+        return str(job.job_id)
+
+    def states(self, scheduler_ids: list[str]) -> dict[str, JobState | None]:
+        """RUNNING while the job's process lives; None once it is gone (its events tell the
+        rest)."""
+        return {
+            sid: (JobState.RUNNING if sid.isdigit() and _process_alive(int(sid)) else None)
+            for sid in scheduler_ids
+        }
+
+    def cancel(self, scheduler_id: str, job_dir: Path) -> None:
+        from ..runtime import events
+
+        pgids = [e["pgid"] for e in events.read(job_dir / EVENTS) if e.get("event") == "process"]
+        for pgid in pgids[-1:]:
+            try:
+                os.killpg(int(pgid), signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if scheduler_id.isdigit() and _process_alive(int(scheduler_id)):
+            try:
+                os.kill(
+                    int(scheduler_id), signal.SIGINT
+                )  # submitit's controller stops its tasks on SIGINT
+            except ProcessLookupError:
+                pass
+
+
+# Slurm's job states (sacct) onto hpctrain's; a requeued or preempted job waits again.
+SLURM_STATES = {
+    "PENDING": JobState.PENDING,
+    "REQUEUED": JobState.PENDING,
+    "REQUEUE_HOLD": JobState.PENDING,
+    "REQUEUE_FED": JobState.PENDING,
+    "PREEMPTED": JobState.PENDING,
+    "RESV_DEL_HOLD": JobState.PENDING,
+    "CONFIGURING": JobState.PENDING,
+    "RUNNING": JobState.RUNNING,
+    "COMPLETING": JobState.RUNNING,
+    "SUSPENDED": JobState.RUNNING,
+    "STOPPED": JobState.RUNNING,
+    "SIGNALING": JobState.RUNNING,
+    "STAGE_OUT": JobState.RUNNING,
+    "RESIZING": JobState.RUNNING,
+    "COMPLETED": JobState.COMPLETED,
+    "FAILED": JobState.FAILED,
+    "NODE_FAIL": JobState.FAILED,
+    "OUT_OF_MEMORY": JobState.FAILED,
+    "BOOT_FAIL": JobState.FAILED,
+    "DEADLINE": JobState.TIMEOUT,
+    "TIMEOUT": JobState.TIMEOUT,
+    "CANCELLED": JobState.CANCELLED,
+    "REVOKED": JobState.CANCELLED,
+}
+
+
+NO_SLURM = (
+    "not found on this machine: is Slurm installed here (or does it need 'module load slurm')?"
+)
+
+
+def _run(argv: list[str], what: str) -> str:
+    import subprocess
+
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise SchedulerError(f"{argv[0]} {NO_SLURM}") from None
+    except subprocess.TimeoutExpired:
+        raise SchedulerError(f"{what} timed out after 60 s: is the Slurm controller up?") from None
+    if done.returncode:
+        message = " ".join(done.stderr.split()) or f"exit code {done.returncode}"
+        raise SchedulerError(f"{what} failed: {message}")
+    return done.stdout
+
+
+def directives(script: str) -> list[str]:
+    return [line for line in script.splitlines() if line.startswith("#SBATCH ")]
+
+
+def _directive_key(line: str) -> str:
+    return line.split()[1].split("=")[0]
+
+
+def signal_delay(minutes: float) -> int:
+    """Seconds between the requeue signal and the time limit: 2 minutes, less for short jobs."""
+    return int(min(120, max(30, minutes * 60 / 4)))
+
+
+class SlurmScheduler:
+    """submitit's SlurmExecutor; the submission file carries the rendered script's #SBATCH
+    directives."""
+
+    name = "slurm"
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def submit(self, job_dir: Path, time_limit: str) -> str:
+        import submitit
+
+        import shutil
+
+        from ..runtime.runner import JobRunner
+
+        if not shutil.which("sbatch") or not shutil.which("srun"):
+            raise SchedulerError(f"sbatch {NO_SLURM}")
+        ours = directives((job_dir / SCRIPT).read_text())
+
+        class Executor(submitit.SlurmExecutor):
+            def _make_submission_file_text(self, command: str, uid: str) -> str:
+                text = super()._make_submission_file_text(command, uid)
+                keys = {_directive_key(line) for line in ours}
+                lines = text.splitlines()
+                theirs = [
+                    line
+                    for line in lines
+                    if line.startswith("#SBATCH ") and _directive_key(line) not in keys
+                ]
+                body = [line for line in lines if not line.startswith(("#SBATCH ", "#!"))]
+                return "\n".join(["#!/bin/bash", *ours, *theirs, *body]) + "\n"
+
+        executor = Executor(folder=job_dir / SUBMITIT_DIR)
+        # The runner is one task on the first node; a multi-node job script starts its own
+        # steps there (srun --overlap), e.g. one torchrun per node.
+        minutes = max(1, int(time_to_minutes(time_limit)))
+        # USR2 comes this long before the time limit (and on preemption): the runner requeues
+        # the job.
+        executor.update_parameters(
+            time=minutes,
+            signal_delay_s=signal_delay(minutes),
+            srun_args=["--nodes=1", "--ntasks=1"],
+        )
+        try:
+            job = executor.submit(JobRunner(str(job_dir)))
+        except FileNotFoundError:
+            raise SchedulerError(f"sbatch {NO_SLURM}") from None
+        except Exception as e:  # submitit wraps sbatch's refusal in a bare exception
+            message = " ".join(str(e).split())
+            detail = (
+                message.split("error:", 1)[-1].strip() if "error:" in message else message[-300:]
+            )
+            raise SchedulerError(f"sbatch refused the job: {detail}") from e
+        return str(job.job_id)
+
+    def states(self, scheduler_ids: list[str]) -> dict[str, JobState | None]:
+        """One sacct call for all the jobs, whatever their number."""
+        out = _run(
+            ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(scheduler_ids)],
+            "sacct (job states)",
+        )
+        found: dict[str, JobState | None] = {sid: None for sid in scheduler_ids}
+        self._read_states(out, found)
+        missing = [sid for sid, state in found.items() if state is None]
+        if missing:  # accounting lags a fresh submission; the controller already knows it
+            out = _run(["squeue", "-h", "--me", "-o", "%i|%T"], "squeue (job states)")
+            self._read_states(out, found)
+        return found
+
+    @staticmethod
+    def _read_states(out: str, found: dict) -> None:
+        for line in out.splitlines():
+            job_id, _, state = line.strip().partition("|")
+            if job_id in found:
+                found[job_id] = SLURM_STATES.get(
+                    state.split()[0] if state else "", JobState.UNKNOWN
+                )
+
+    def cancel(self, scheduler_id: str, job_dir: Path) -> None:
+        _run(["scancel", scheduler_id], "scancel")
+
+
+SCHEDULERS = {"local": LocalScheduler, "slurm": SlurmScheduler}
+
+
+def scheduler_for(name: str, root: Path) -> Scheduler:
+    try:
+        return SCHEDULERS[name](root)
+    except KeyError:
+        raise ConfigError(
+            f"unknown executor {name!r}; choose one of {', '.join(SCHEDULERS)}"
+        ) from None

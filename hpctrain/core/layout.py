@@ -1,0 +1,54 @@
+"""The job folder: the one definition of where a job's files live, and its format version.
+
+    Repertoire_model_finetune/PROJECT/jobN-KIND/
+        job.sh          the rendered script          job.json    settings the runner reads
+        job.log         raw output                   events.jsonl  structured events
+        split/          train.txt validation.txt test.txt (+ validation_arrow.txt)
+        model/          ketos' checkpoints and best model
+        checkpoints/    a torchrun script's checkpoints (last.pt, best.pt)
+        code/           a torchrun script sent with the job
+        submitit/       submitit's own files
+    GT_compile/PROJECT/jobN/   train.arrow validation.arrow test.arrow
+
+The runner, the kraken and torchrun builders, the scheduler, status, fetch and clean all name
+these files through this module.
+"""
+
+from __future__ import annotations
+
+LAYOUT_VERSION = 1
+
+SCRIPT = "job.sh"
+LOG = "job.log"
+EVENTS = "events.jsonl"
+SETTINGS = "job.json"
+SPLIT_DIR = "split"
+MODEL_DIR = "model"
+CHECKPOINT_DIR = "checkpoints"
+CODE_DIR = "code"
+SUBMITIT_DIR = "submitit"
+SPLIT_PARTS = ("train", "validation", "test")
+VALIDATION_ARROW_LIST = f"{SPLIT_DIR}/validation_arrow.txt"
+
+
+def split_file(part: str) -> str:
+    return f"{SPLIT_DIR}/{part}.txt"
+
+
+def arrow_file(part: str) -> str:
+    return f"{part}.arrow"
+
+
+def job_dir_name(finetuned: str, project: str, job_id: int, kind: str) -> str:
+    """The job folder, relative to the cluster root (`finetuned` is the tree's folder name)."""
+    return f"{finetuned}/{project}/job{job_id}-{kind}"
+
+
+def compiled_dir_name(compiled: str, project: str, job_id: int) -> str:
+    return f"{compiled}/{project}/job{job_id}"
+
+
+# What `fetch` brings back besides the best model, relative to the job folder.
+FETCHED = (EVENTS, LOG, SCRIPT, *(split_file(p) for p in SPLIT_PARTS))
+# What `clean` may delete in a job folder (never models): the raw log and submitit's output.
+CLEANABLE_GLOBS = (LOG, f"{SUBMITIT_DIR}/*.out", f"{SUBMITIT_DIR}/*.err")

@@ -1,0 +1,288 @@
+"""Everything kraken-specific: which ketos flags exist in which version, and the job steps.
+
+Checked against kraken's CLI sources (4.3.13, 5.x, 6.x, 7.0.3) and a real 7.1.1:
+
+| fact                              | 4.x            | 5.x          | 6.x         | 7.x            |
+|-----------------------------------|----------------|--------------|-------------|----------------|
+| `-d`, `--workers` (`--threads`)   | after subcmd   | after subcmd | before      | before         |
+| fixed number of epochs            | `-q dumb`      | `-q fixed`   | `-q fixed`  | `-q fixed`     |
+| `-o`                              | name prefix    | name prefix  | name prefix | folder         |
+| best model file                   | PREFIX_best.mlmodel (< 7)               | best_SCORE.mlmodel |
+| `ketos compile` takes `-d`        | no             | no           | (global)    | (global)       |
+| `compile --random-split`          | yes            | yes          | yes         | gone           |
+
+kraken 7 dropped `--random-split`, so hpctrain splits the pages itself, for every version.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..core.errors import ConfigError
+from ..core.layout import MODEL_DIR, SPLIT_PARTS, VALIDATION_ARROW_LIST, arrow_file, split_file
+from .requests import TrainParams
+from .shell import BEST, CPUS, RESUME, shell_quote
+from .split import split_files
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """The ketos command-line dialect of one kraken version."""
+
+    version: str
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
+
+    @property
+    def global_device(self) -> bool:
+        return self.major >= 6
+
+    @property
+    def output_is_folder(self) -> bool:
+        return self.major >= 7
+
+    @property
+    def can_resume(self) -> bool:
+        """`ketos train/segtrain --resume CKPT` (checked for 7.1.1; 4.x has no resume)."""
+        return self.major >= 7
+
+    @property
+    def fixed_quit(self) -> str:
+        return "fixed" if self.major >= 5 else "dumb"
+
+    def ketos(self, subcommand: str, args: list, device: str | None) -> list:
+        """A ketos command line; `device=None` for subcommands that take no device (4.x compile)."""
+        if self.global_device:
+            head = (
+                ["ketos"]
+                + (["-d", device] if device else [])
+                + ["--workers", CPUS, "--threads", CPUS]
+            )
+            return head + [subcommand] + args
+        tail = (["-d", device] if device else []) + ["--workers", CPUS]
+        return ["ketos", subcommand] + tail + args
+
+    def output_args(self, out_dir: str) -> list:
+        if self.output_is_folder:
+            return ["-o", out_dir, "--weights-format", "coreml"]
+        return ["-o", f"{out_dir}/model"]
+
+    def best_model_glob(self, out_dir: str) -> str:
+        """Shell glob (already quoted) that matches the best model a finished training leaves."""
+        name = "best_*.mlmodel" if self.output_is_folder else "model_best.mlmodel"
+        return f"{shell_quote(out_dir)}/{name}"
+
+    def stop_args(self, params: TrainParams) -> list:
+        if params.early_stopping:
+            return [
+                "-q",
+                "early",
+                "--lag",
+                str(params.lag),
+                "--min-epochs",
+                str(params.min_epochs),
+                "-N",
+                str(params.epochs),
+            ]
+        return ["-q", self.fixed_quit, "-N", str(params.epochs)]
+
+
+def dialect_for(version: str) -> Dialect:
+    if not re.fullmatch(r"\d+\.\d+(\.\d+)?([a-z0-9.]*)?", version or ""):
+        raise ConfigError(
+            f"kraken version {version!r} is not a version such as 4.3.13 or 7.1.1; "
+            "set kraken_version in the profile"
+        )
+    major = int(version.split(".")[0])
+    if major < 4 or major > 7:
+        raise ConfigError(
+            f"kraken {version} is not supported (4.3 to 7.x are); set kraken_version in the profile"
+        )
+    return Dialect(version)
+
+
+def installed_version() -> str | None:
+    """The kraken beside this Python, read from package metadata (no import of kraken)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kraken")
+    except PackageNotFoundError:
+        return None
+
+
+def resolve_dialect(setting: str) -> Dialect:
+    if setting and setting != "auto":
+        return dialect_for(setting)
+    found = installed_version()
+    if not found:
+        raise ConfigError(
+            "kraken is not installed here and the profile's kraken_version is 'auto': "
+            "pip install 'hpctrain[train]', or set kraken_version (e.g. 4.3.13)"
+        )
+    return dialect_for(found)
+
+
+def _train_common(params: TrainParams, base: str | None, out_dir: str, dialect: Dialect) -> list:
+    args = dialect.output_args(out_dir)
+    args += ["--optimizer", params.optimizer, "-r", str(params.learning_rate)]
+    args += ["--augment" if params.augment else "--no-augment"]
+    args += dialect.stop_args(params)
+    if params.batch_size:
+        args += ["-B", str(params.batch_size)]
+    if base:
+        # A .mlmodel carries its own network; passing -s with -i would be ignored or misread.
+        args += ["-i", base, "--resize", params.resize]
+    elif params.spec:
+        args += ["-s", params.spec]
+    return args
+
+
+def compile_step(dialect: Dialect, fmt: str, list_file: str, arrow: str, device: str) -> list:
+    return dialect.ketos(
+        "compile",
+        ["-f", fmt, "-o", arrow, "-F", list_file],
+        device if dialect.global_device else None,
+    )
+
+
+def train_step(
+    dialect: Dialect,
+    params: TrainParams,
+    base: str | None,
+    out_dir: str,
+    train_arrow: str,
+    val_list: str,
+    device: str,
+) -> list:
+    args = ["-f", "binary"] + _train_common(params, base, out_dir, dialect)
+    if params.pad is not None:
+        args += ["--pad", str(params.pad)]
+    args += ["-e", val_list, train_arrow]
+    return dialect.ketos("train", args, device)
+
+
+def test_step(dialect: Dialect, test_arrow: str, device: str) -> list:
+    return dialect.ketos("test", ["-m", BEST, "-f", "binary", test_arrow], device)
+
+
+def segtrain_step(
+    dialect: Dialect,
+    params: TrainParams,
+    base: str | None,
+    out_dir: str,
+    fmt: str,
+    train_list: str,
+    val_list: str,
+    device: str,
+) -> list:
+    args = (
+        ["-f", fmt]
+        + _train_common(params, base, out_dir, dialect)
+        + ["-t", train_list, "-e", val_list]
+    )
+    return dialect.ketos("segtrain", args, device)
+
+
+def resume_step(dialect: Dialect, step: list) -> list | None:
+    """The same training continued from checkpoint $RESUME (a requeued job), or None if the version
+    cannot resume. --resume excludes -i (the checkpoint holds the network), so -i/--resize/-s go."""
+    if not dialect.can_resume:
+        return None
+    args, skip = [], 0
+    for item in step:
+        if skip:
+            skip -= 1
+        elif item in ("-i", "--resize", "-s"):
+            skip = 1
+        else:
+            args.append(item)
+    at = max(args.index(sub) for sub in ("train", "segtrain") if sub in args) + 1
+    return args[:at] + ["--resume", RESUME] + args[at:]
+
+
+@dataclass(frozen=True)
+class KrakenJob:
+    """What a kraken job kind needs rendered: template, extra context, and files to write first."""
+
+    template: str
+    context: dict
+    files: dict  # path relative to the job folder -> text
+
+
+def _compile_steps(
+    dialect: Dialect, fmt: str, job_dir: str, compiled_dir: str, device: str
+) -> list:
+    return [
+        compile_step(
+            dialect,
+            fmt,
+            f"{job_dir}/{split_file(part)}",
+            f"{compiled_dir}/{arrow_file(part)}",
+            device,
+        )
+        for part in SPLIT_PARTS
+    ]
+
+
+def compile_job(dialect, request, job_dir: str, compiled_dir: str, device: str, split) -> KrakenJob:
+    return KrakenJob(
+        "kraken/compile.sh.j2",
+        {
+            "compile_steps": _compile_steps(dialect, request.format, job_dir, compiled_dir, device),
+            "compiled_dir": compiled_dir,
+        },
+        split_files(split),
+    )
+
+
+def transcription_job(
+    dialect, request, job_dir: str, compiled_dir: str, device: str, split
+) -> KrakenJob:
+    out_dir = f"{job_dir}/{MODEL_DIR}"
+    files = split_files(split)
+    files[VALIDATION_ARROW_LIST] = f"{compiled_dir}/{arrow_file('validation')}\n"
+    context = {
+        "compile_steps": _compile_steps(dialect, request.format, job_dir, compiled_dir, device),
+        "compiled_dir": compiled_dir,
+        "out_dir": out_dir,
+        "train_step": train_step(
+            dialect,
+            request.params,
+            request.base_path,
+            out_dir,
+            f"{compiled_dir}/{arrow_file('train')}",
+            f"{job_dir}/{VALIDATION_ARROW_LIST}",
+            device,
+        ),
+        "best_glob": dialect.best_model_glob(out_dir),
+        "test_step": test_step(dialect, f"{compiled_dir}/{arrow_file('test')}", device),
+    }
+    context["resume_step"] = resume_step(dialect, context["train_step"])
+    return KrakenJob("kraken/transcription.sh.j2", context, files)
+
+
+def segmentation_job(
+    dialect, request, job_dir: str, compiled_dir: str, device: str, split
+) -> KrakenJob:
+    out_dir = f"{job_dir}/{MODEL_DIR}"
+    step = segtrain_step(
+        dialect,
+        request.params,
+        request.base_path,
+        out_dir,
+        request.format,
+        f"{job_dir}/{split_file('train')}",
+        f"{job_dir}/{split_file('validation')}",
+        device,
+    )
+    context = {
+        "out_dir": out_dir,
+        "train_step": step,
+        "resume_step": resume_step(dialect, step),
+        "best_glob": dialect.best_model_glob(out_dir),
+    }
+    return KrakenJob("kraken/segmentation.sh.j2", context, split_files(split))

@@ -1,0 +1,195 @@
+"""The requests a laptop sends to the cluster side: one per job kind, with their parts.
+
+These frozen records cross the SSH boundary as JSON (`to_json` / `*_from_json`); validation of
+their values lives here too, so that the cluster side refuses what the laptop should have.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from ..core.errors import ConfigError
+
+_TIME = re.compile(r"(\d+-)?\d{1,3}(:\d{2}){0,2}")
+_MEM = re.compile(r"\d+[KMGT]?")
+# kraken's VGSL spec grammar uses brackets, letters, digits, commas, dots, parentheses and spaces.
+_SPEC = re.compile(r"\[[0-9A-Za-z,.:()\s\-{}/+]*\]")
+_SLURM_WORD = re.compile(r"[A-Za-z0-9_.,&|\-]+")
+_MAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+")
+OPTIMIZERS = ("Adam", "AdamW", "SGD", "RMSprop")
+RESIZE_MODES = ("new", "union", "fail")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """ketos training parameters of one job kind."""
+
+    spec: str | None = None  # VGSL network spec; used when training without a base model
+    learning_rate: float = 0.0001
+    epochs: int = 50  # upper bound on epochs (-N)
+    min_epochs: int = 20
+    early_stopping: bool = True  # stop when the validation metric stops improving
+    lag: int = 10  # epochs without improvement before stopping
+    augment: bool = True
+    optimizer: str = "Adam"
+    pad: int | None = None  # transcription only: padding around lines (--pad)
+    resize: str = "new"  # codec/output layer when the alphabet differs from the base
+    batch_size: int | None = None
+
+
+@dataclass(frozen=True)
+class Split:
+    """Seeded page split, done by hpctrain the same way for every kraken version."""
+
+    train: float = 0.8
+    validation: float = 0.1
+    test: float = 0.1
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Slurm resources of a job (flags of `submit` override them)."""
+
+    partition: str | None = None
+    time: str = "05:00:00"
+    nodes: int = 1
+    gpus: int = 0
+    cpus: int = 4
+    mem: str | None = None
+    constraint: str | None = None
+    mail_user: str | None = None
+    mail_type: str | None = None
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """Everything the cluster side needs to render and submit one kraken job."""
+
+    kind: str
+    project: str
+    format: str
+    base: str | None
+    params: TrainParams
+    split: Split
+    resources: Resources
+    device: str = "auto"
+    kraken_version: str = "auto"
+    modules: tuple[str, ...] = ()
+    venv: str | None = None
+    container: str | None = None
+    templates: dict = field(default_factory=dict, compare=False)  # the user's template overrides
+    base_path: str | None = None  # filled in by the cluster side
+    alerts: tuple[dict, ...] = ()
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TorchrunRequest:
+    """Everything the cluster side needs to render and submit one torchrun job."""
+
+    project: str
+    target: str  # a script file name (its text in `script_text`) or a module
+    script_text: str | None  # None: `target` is a module importable in the job's env
+    args: tuple[str, ...]
+    resources: Resources
+    nproc_per_node: int
+    monitor: str = "val_auc"
+    alerts: tuple[dict, ...] = ()
+    modules: tuple[str, ...] = ()
+    venv: str | None = None
+    container: str | None = None
+    resume_from: int | None = None  # a job whose last checkpoint this one starts from
+    templates: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def kind(self) -> str:
+        return "torchrun"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def job_request_from_json(data: dict) -> JobRequest:
+    data = dict(data)
+    data["params"] = TrainParams(**data["params"])
+    data["split"] = Split(**data["split"])
+    data["resources"] = Resources(**data["resources"])
+    data["modules"] = tuple(data.get("modules") or ())
+    data["alerts"] = tuple(data.get("alerts") or ())
+    return JobRequest(**data)
+
+
+def torchrun_request_from_json(data: dict) -> TorchrunRequest:
+    data = dict(data)
+    data["resources"] = Resources(**data["resources"])
+    for key in ("args", "alerts", "modules"):
+        data[key] = tuple(data.get(key) or ())
+    return TorchrunRequest(**data)
+
+
+def recorded(request: JobRequest | TorchrunRequest) -> dict:
+    """The request as the registry keeps it: without template texts and script text."""
+    data = request.to_json()
+    data.pop("templates", None)
+    data.pop("script_text", None)
+    return data
+
+
+# -- validation ----------------------------------------------------------------------------
+def validate_resources(res: Resources, where: str) -> Resources:
+    """Refuse resource values that would break or inject into an sbatch directive."""
+    if not _TIME.fullmatch(str(res.time)):
+        raise ConfigError(
+            f"{where}: time {res.time!r} is not a Slurm time such as 05:00:00 or 1-00:00:00"
+        )
+    if res.mem is not None and not _MEM.fullmatch(str(res.mem)):
+        raise ConfigError(f"{where}: mem {res.mem!r} is not a Slurm size such as 32G")
+    for name in ("nodes", "gpus", "cpus"):
+        value, least = getattr(res, name), 0 if name == "gpus" else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ConfigError(f"{where}: {name} must be a whole number ≥ {least}")
+    for name in ("partition", "constraint", "mail_type"):
+        value = getattr(res, name)
+        if value is not None and not _SLURM_WORD.fullmatch(str(value)):
+            raise ConfigError(f"{where}: {name} {value!r} has characters Slurm does not accept")
+    if res.mail_user is not None and not _MAIL.fullmatch(str(res.mail_user)):
+        raise ConfigError(f"{where}: mail_user {res.mail_user!r} is not an e-mail address")
+    return res
+
+
+def validate_params(params: TrainParams, where: str) -> TrainParams:
+    if params.spec is not None and not _SPEC.fullmatch(params.spec):
+        raise ConfigError(
+            f"{where}: spec {params.spec!r} is not a VGSL spec such as '[1,48,0,1 Cr3,3,32 ...]'"
+        )
+    if params.resize not in RESIZE_MODES:
+        raise ConfigError(f"{where}: resize must be {', '.join(RESIZE_MODES)}")
+    if params.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"{where}: optimizer must be {', '.join(OPTIMIZERS)}")
+    for name in ("epochs", "min_epochs", "lag"):
+        if not isinstance(getattr(params, name), int) or getattr(params, name) < 1:
+            raise ConfigError(f"{where}: {name} must be a whole number ≥ 1")
+    if not isinstance(params.learning_rate, (int, float)) or params.learning_rate <= 0:
+        raise ConfigError(f"{where}: learning_rate must be a positive number")
+    return params
+
+
+def validate_split(split: Split, where: str) -> Split:
+    parts = (split.train, split.validation, split.test)
+    if any(not isinstance(p, (int, float)) or p <= 0 for p in parts) or abs(sum(parts) - 1) > 1e-6:
+        raise ConfigError(
+            f"{where}: split train/validation/test must be positive and add up to 1 "
+            "(e.g. 0.8/0.1/0.1)"
+        )
+    return split
+
+
+def override_resources(resources: Resources, **flags: Any) -> Resources:
+    """Resource flags given on the command line win over the project file."""
+    changes = {k: v for k, v in flags.items() if v is not None}
+    return validate_resources(replace(resources, **changes), "command-line resources")

@@ -1,0 +1,147 @@
+"""Helpers shared by the tests: a CLI driver, golden files, tree snapshots, the test cluster's
+facts, SSH workspaces, Slurm mode, loading models with kraken. Fixtures live in conftest.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from hpctrain.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+GOLDEN = Path(__file__).parent / "golden"
+ENV_FILE = Path(os.environ.get("HPCTRAIN_TEST_CLUSTER", "/var/lib/hpctrain-test-cluster")) / "env"
+START_CLUSTER = "start the test cluster with 'sudo scripts/test_cluster.sh up'"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sample_gt = load_script("make_sample_gt")
+
+
+class Cli:
+    """Drive hpctrain as a user does, in one workspace."""
+
+    def __init__(self, workspace: Path):
+        self.workspace = workspace
+
+    def __call__(self, *args: str, input: str | None = None):
+        return CliRunner().invoke(
+            main, ["-w", str(self.workspace), *args], input=input, catch_exceptions=False
+        )
+
+
+def check_golden(name: str, text: str) -> None:
+    """Compare with tests/golden/NAME; refresh after an intended change with UPDATE_GOLDEN=1."""
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"missing golden file {path}: run with UPDATE_GOLDEN=1"
+    assert text == path.read_text(), f"{name} changed: review, then refresh with UPDATE_GOLDEN=1"
+
+
+def tree_snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `folder` with its size and mtime: to prove a command wrote nothing."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def set_project(workspace: Path, name: str, **sections) -> None:
+    path = workspace / "projects" / f"{name}.yaml"
+    data = yaml.safe_load(path.read_text())
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            data[key] = {**(data.get(key) or {}), **value}
+        else:
+            data[key] = value
+    path.write_text(yaml.safe_dump(data))
+
+
+# -- the test cluster of scripts/test_cluster.sh (integration tests) -----------------------------
+def cluster_facts() -> dict:
+    """The test cluster's env file, after checking that its sshd and slurmctld answer."""
+    if not ENV_FILE.is_file():
+        pytest.fail(f"{ENV_FILE} missing: {START_CLUSTER}", pytrace=False)
+    facts = dict(line.split("=", 1) for line in ENV_FILE.read_text().split())
+    try:
+        socket.create_connection(("127.0.0.1", int(facts["HPCTRAIN_TEST_SSH_PORT"])), 5).close()
+    except OSError:
+        pytest.fail(f"the test cluster's sshd is not running: {START_CLUSTER}", pytrace=False)
+    if subprocess.run(["scontrol", "ping"], capture_output=True).returncode:
+        pytest.fail(f"slurmctld is not running: {START_CLUSTER}", pytrace=False)
+    return facts
+
+
+def load_with_kraken(path) -> str:
+    """Load a model file with kraken itself, in a fresh process; return its model type."""
+    code = (
+        "import sys; from kraken.lib.vgsl import TorchVGSLModel; "
+        "print(TorchVGSLModel.load_model(sys.argv[1]).model_type)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
+def ssh_workspace(
+    tmp_path, cluster, root_name, known_hosts=None, key=None, port=None, transfer="auto"
+) -> Path:
+    ws = tmp_path / "ssh-ws"
+    assert CliRunner().invoke(main, ["init", str(ws)]).exit_code == 0
+    if known_hosts is None:
+        known_hosts = tmp_path / "known_hosts"
+        shutil.copy(cluster["HPCTRAIN_TEST_KNOWN_HOSTS"], known_hosts)
+    config = ws / "hpctrain.yaml"
+    config.write_text(
+        config.read_text().replace("profile: local", "profile: test")
+        + f"""
+  test:
+    backend: ssh
+    host: {cluster["HPCTRAIN_TEST_HOST"]}
+    port: {port or cluster["HPCTRAIN_TEST_SSH_PORT"]}
+    user: {cluster["HPCTRAIN_TEST_USER"]}
+    identity_file: {key or cluster["HPCTRAIN_TEST_KEY"]}
+    known_hosts: {known_hosts}
+    root: {root_name}
+    transfer: {transfer}
+"""
+    )
+    return ws
+
+
+def use_slurm(workspace: Path) -> None:
+    """Switch the workspace's local profile to the test cluster's Slurm (login-node mode)."""
+    if subprocess.run(["scontrol", "ping"], capture_output=True).returncode:
+        pytest.fail(f"slurmctld is not running: {START_CLUSTER}", pytrace=False)
+    config = workspace / "hpctrain.yaml"
+    config.write_text(config.read_text().replace("executor: local", "executor: slurm"))
+
+
+def wait_until_running(cli, job_id, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while json.loads(cli("status", str(job_id), "--json").stdout)[0]["state"] != "RUNNING":
+        assert time.monotonic() < deadline, f"job {job_id} not RUNNING after {timeout} s"
+        time.sleep(0.3)
