@@ -13,7 +13,7 @@ from ..backends import connect
 from ..cluster.api import JobStatus
 from ..cluster.registry import JobState
 from ..core.config import Workspace
-from ..core.errors import HpctrainError
+from ..core.errors import HpctrainError, SchedulerError
 from ..core.names import check_name
 
 
@@ -56,6 +56,10 @@ def watch(workspace: Workspace, job_id: int, timeout: float | None = None) -> It
             yield row
             if JobState(row.state).final:
                 return
+            if row.never_starts:
+                raise SchedulerError(
+                    f"job {job_id} will never start: {row.waiting} (Slurm: {row.reason}); "
+                    f"cancel it with 'hpctrain cancel {job_id}' and submit it again")
             if deadline and time.monotonic() > deadline:
                 raise HpctrainError(f"job {job_id} still {row.state} after {timeout:.0f} s")
             time.sleep(poll_interval())

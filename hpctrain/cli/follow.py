@@ -71,8 +71,18 @@ def status(ctx, job_ids, project_name, as_json):
     for r in rows:
         if r.error and r.state == "FAILED":
             click.echo(f"job {r.id}: {r.error}")
+        if r.waiting or r.expected_start:
+            click.echo(f"job {r.id}: {_why_waiting(r)}")
         for message in r.alerts:
             click.echo(f"job {r.id}: ALERT {message}")
+
+
+def _why_waiting(row) -> str:
+    """A pending job's reason in plain words and Slurm's estimate of its start."""
+    parts = [f"{row.waiting} (Slurm: {row.reason})"] if row.waiting else []
+    if row.expected_start:
+        parts.append(f"expected to start {row.expected_start.replace('T', ' ')}")
+    return "; ".join(parts)
 
 
 @main.command()
@@ -125,6 +135,8 @@ def wait(ctx, job_id, timeout, as_json):
 
 def _progress_line(row) -> str:
     parts = [f"job {row.id} {row.state}"]
+    if row.state == "PENDING" and (row.waiting or row.expected_start):
+        parts.append(_why_waiting(row))
     if row.step:
         parts.append(row.step)
     if row.epoch is not None:

@@ -49,6 +49,10 @@ class JobStatus:
     alerts: list = field(default_factory=list)  # open alerts, one message each
     checkpoint_epoch: int | None = None
     restarts: int = 0  # times the job was requeued and started again
+    reason: str | None = None  # why a PENDING job waits, as Slurm names it
+    waiting: str | None = None  # the same in plain words
+    never_starts: bool = False  # the request cannot be met as it is: it will never start
+    expected_start: str | None = None  # Slurm's estimate of when a PENDING job starts
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -35,7 +35,7 @@ from ..jobs.split import split_pages
 from ..runtime import events
 from .api import MODEL_SUFFIXES, FetchPlan, JobStatus, Submission, inside_job
 from .registry import JobRecord, JobState, Registry
-from .scheduler import scheduler_for
+from .scheduler import Live, scheduler_for, waiting
 
 
 LOG_CHUNK = 1 << 20  # what one read_log call returns at most
@@ -242,10 +242,11 @@ class ClusterSide:
             rows = []
             for record in records:
                 progress = events.summarize(events.read(self.root / record.job_dir / EVENTS))
-                state = _state(record, progress, live_states.get(record.scheduler_id))
+                live = live_states.get(record.scheduler_id)
+                state = _state(record, progress, live.state if live else None)
                 if state != record.state:
                     registry.update(record.id, state=state)
-                rows.append(_row(record, state, progress))
+                rows.append(_row(record, state, progress, live))
             return rows
 
     def job(self, job_id: int) -> JobStatus:
@@ -365,7 +366,8 @@ PROGRESS_FIELDS = ("step", "epoch", "total_epochs", "best_metric", "best_value",
                    "early_stopped", "error", "checkpoint_epoch")
 
 
-def _row(record: JobRecord, state: JobState, progress: events.Progress) -> JobStatus:
+def _row(record: JobRecord, state: JobState, progress: events.Progress,
+         live: Live | None = None) -> JobStatus:
     elapsed = None
     if progress.started:
         elapsed = (progress.ended or time.time()) - progress.started
@@ -375,4 +377,16 @@ def _row(record: JobRecord, state: JobState, progress: events.Progress) -> JobSt
         state=state.value, scheduler_id=record.scheduler_id, job_dir=record.job_dir,
         elapsed=elapsed, best_model=best_model, alerts=list(progress.alerts.values()),
         restarts=max(0, progress.starts - 1),
-        **{name: getattr(progress, name) for name in PROGRESS_FIELDS})
+        **{name: getattr(progress, name) for name in PROGRESS_FIELDS},
+        **_why_waiting(state, live))
+
+
+def _why_waiting(state: JobState, live: Live | None) -> dict:
+    """Slurm's pending reason in plain words, and its estimate of the start, for a waiting job."""
+    if state != JobState.PENDING or live is None:
+        return {}
+    why = waiting(live.reason)
+    found = {"expected_start": live.expected_start}
+    if why:
+        found.update(reason=live.reason, waiting=why.words, never_starts=why.never)
+    return found

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -31,6 +32,24 @@ def time_to_minutes(text: str) -> float:
     return int(days or 0) * 1440 + hours * 60 + minutes + seconds / 60
 
 
+@dataclass(frozen=True)
+class Live:
+    """What the scheduler says of a job now: its state, and why and until when it waits."""
+
+    state: JobState
+    reason: str | None = None          # Slurm's pending reason, as Slurm names it
+    expected_start: str | None = None  # Slurm's estimate (ISO time), when it has one
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A pending reason in plain words; `never` when the job cannot start as it is."""
+
+    reason: str
+    words: str
+    never: bool = False
+
+
 class Scheduler(Protocol):
     """What the cluster side needs of a scheduler."""
 
@@ -40,8 +59,8 @@ class Scheduler(Protocol):
         """Queue the runner of a prepared job folder; return the scheduler's job id."""
         ...
 
-    def states(self, scheduler_ids: list[str]) -> dict[str, JobState | None]:
-        """Live states, in one query; None where the scheduler no longer knows the job."""
+    def states(self, scheduler_ids: list[str]) -> dict[str, Live | None]:
+        """Live states, in one batched query; None where the scheduler no longer knows a job."""
         ...
 
     def cancel(self, scheduler_id: str, job_dir: Path) -> None:
@@ -88,11 +107,11 @@ class LocalScheduler:
             raise SchedulerError(f"local submission failed: {e}") from e
         return str(job.job_id)
 
-    def states(self, scheduler_ids: list[str]) -> dict[str, JobState | None]:
+    def states(self, scheduler_ids: list[str]) -> dict[str, Live | None]:
         """RUNNING while the job's process lives; None once it is gone (its events tell the
         rest)."""
         return {
-            sid: (JobState.RUNNING if sid.isdigit() and _process_alive(int(sid)) else None)
+            sid: (Live(JobState.RUNNING) if sid.isdigit() and _process_alive(int(sid)) else None)
             for sid in scheduler_ids
         }
 
@@ -160,6 +179,58 @@ def _run(argv: list[str], what: str) -> str:
         message = " ".join(done.stderr.split()) or f"exit code {done.returncode}"
         raise SchedulerError(f"{what} failed: {message}")
     return done.stdout
+
+
+def _state(text: str) -> JobState:
+    return SLURM_STATES.get(text.split()[0] if text else "", JobState.UNKNOWN)
+
+
+def _fields(out: str, count: int = 2) -> list[list[str]]:
+    rows = [line.strip().split("|") for line in out.splitlines() if line.strip()]
+    return [row + [""] * (count - len(row)) for row in rows]
+
+
+# Slurm's pending reasons in plain words (squeue %r); `never` marks those that will not clear.
+_WAITS = [
+    ("Priority", "waiting for its turn: other jobs come first"),
+    ("Resources", "waiting for free nodes (resources)"),
+    ("PartitionConfig", "asks for more than the partition's nodes have: it will never start; "
+     "lower --cpus/--gpus/--mem or choose another partition", True),
+    ("ReqNodeNotAvail", "asks for nodes that are not available (down, drained or too small): "
+     "it will never start as it is", True),
+    ("PartitionNodeLimit", "asks for more nodes than the partition allows: it will never start",
+     True),
+    ("PartitionTimeLimit", "asks for more time than the partition allows: it will never start; "
+     "lower --time", True),
+    ("BeginTime", "requeued: starts again after a delay"),
+    ("Dependency", "waiting for the job it depends on"),
+    ("DependencyNeverSatisfied", "the job it depends on failed: it will never start", True),
+    ("JobHeldUser", "held by you: release it with scontrol release"),
+    ("JobHeldAdmin", "held by the administrators"),
+    ("PartitionDown", "its partition is down: waiting for the administrators"),
+    ("PartitionInactive", "its partition is inactive: waiting for the administrators"),
+    ("InvalidAccount", "its account is not valid here: it will never start", True),
+    ("InvalidQOS", "its QOS is not valid here: it will never start", True),
+]
+PENDING_REASONS = {w[0]: Waiting(*w) for w in _WAITS}
+# Limits of one job (never lifted by waiting) among the QOS and association reasons.
+_PER_JOB_LIMITS = ("WallDurationPerJob", "PerJobLimit", "MaxCpuPerJob", "MaxNodePerJob",
+                   "MaxGRESPerJob", "MaxMemPerJob", "MinCpu", "MinNode", "MinGRES")
+
+
+def waiting(reason: str | None) -> Waiting | None:
+    """Why a pending job waits, in plain words (QOS and association limits included)."""
+    if not reason:
+        return None
+    key = reason.split(",")[0].split("(")[0].strip()
+    if key in PENDING_REASONS:
+        return PENDING_REASONS[key]
+    if key.startswith(("QOS", "Assoc")):
+        if any(limit in key for limit in _PER_JOB_LIMITS):
+            return Waiting(key, f"asks for more than a per-job limit allows ({key}): "
+                           "it will never start", True)
+        return Waiting(key, f"held by a per-user limit ({key}): starts when your other jobs end")
+    return Waiting(key, f"waiting ({key})")
 
 
 def directives(script: str) -> list[str]:
@@ -231,28 +302,31 @@ class SlurmScheduler:
             raise SchedulerError(f"sbatch refused the job: {detail}") from e
         return str(job.job_id)
 
-    def states(self, scheduler_ids: list[str]) -> dict[str, JobState | None]:
-        """One sacct call for all the jobs, whatever their number."""
+    def states(self, scheduler_ids: list[str]) -> dict[str, Live | None]:
+        """One sacct call for all the jobs, whatever their number; then, if any job waits or is
+        too fresh for accounting, one squeue call for the reasons and expected start times."""
         out = _run(
             ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(scheduler_ids)],
             "sacct (job states)",
         )
-        found: dict[str, JobState | None] = {sid: None for sid in scheduler_ids}
-        self._read_states(out, found)
-        missing = [sid for sid, state in found.items() if state is None]
-        if missing:  # accounting lags a fresh submission; the controller already knows it
-            out = _run(["squeue", "-h", "--me", "-o", "%i|%T"], "squeue (job states)")
-            self._read_states(out, found)
-        return found
-
-    @staticmethod
-    def _read_states(out: str, found: dict) -> None:
-        for line in out.splitlines():
-            job_id, _, state = line.strip().partition("|")
+        found = {sid: None for sid in scheduler_ids}
+        for job_id, state, *_rest in _fields(out):
             if job_id in found:
-                found[job_id] = SLURM_STATES.get(
-                    state.split()[0] if state else "", JobState.UNKNOWN
-                )
+                found[job_id] = Live(_state(state))
+        if all(live and live.state != JobState.PENDING for live in found.values()):
+            return found
+        try:
+            queue = _run(["squeue", "-h", "--me", "-o", "%i|%T|%r|%S"], "squeue (job states)")
+        except SchedulerError:
+            if any(live is None for live in found.values()):
+                raise
+            return found  # accounting answered for every job; only the reasons are missing
+        for job_id, state, reason, start in _fields(queue, 4):
+            if job_id in found:
+                waits = _state(state) == JobState.PENDING
+                found[job_id] = Live(_state(state), reason if waits and reason != "None" else None,
+                                     start if waits and start[:1].isdigit() else None)
+        return found
 
     def cancel(self, scheduler_id: str, job_dir: Path) -> None:
         _run(["scancel", scheduler_id], "scancel")

@@ -4,11 +4,12 @@
         job.sh          the rendered script          job.json    settings the runner reads
         job.log         raw output                   events.jsonl  structured events
         split/          train.txt validation.txt test.txt (+ validation_arrow.txt)
+        arrow_check.py  checks compiled data, so that a requeued job reuses it
         model/          ketos' checkpoints and best model
         checkpoints/    a torchrun script's checkpoints (last.pt, best.pt)
         code/           a torchrun script sent with the job
         submitit/       submitit's own files
-    GT_compile/PROJECT/jobN/   train.arrow validation.arrow test.arrow
+    GT_compile/PROJECT/jobN/   train.arrow validation.arrow test.arrow compiled.json
 
 The runner, the kraken and torchrun builders, the scheduler, status, fetch and clean all name
 these files through this module.
@@ -29,6 +30,7 @@ CODE_DIR = "code"
 SUBMITIT_DIR = "submitit"
 SPLIT_PARTS = ("train", "validation", "test")
 VALIDATION_ARROW_LIST = f"{SPLIT_DIR}/validation_arrow.txt"
+ARROW_CHECK = "arrow_check.py"  # runtime/arrow_check.py, copied into kraken jobs that compile
 
 
 def split_file(part: str) -> str:

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..core.errors import ConfigError
-from ..core.layout import MODEL_DIR, SPLIT_PARTS, VALIDATION_ARROW_LIST, arrow_file, split_file
+from ..core.layout import (ARROW_CHECK, MODEL_DIR, SPLIT_DIR, SPLIT_PARTS, VALIDATION_ARROW_LIST,
+                           arrow_file, split_file)
 from .requests import TrainParams
-from .shell import BEST, CPUS, RESUME, shell_quote
+from .shell import BEST, CPUS, KETOS_PYTHON, RESUME, shell_quote
 from .split import split_files
 
 
@@ -228,26 +230,32 @@ def _compile_steps(
     ]
 
 
+def _compiling(dialect, request, job_dir: str, compiled_dir: str, device: str,
+               split) -> tuple[dict, dict]:
+    """The context and files of the compile part of a job: the steps, and the check that lets a
+    requeued job reuse compiled data that is whole (runtime/arrow_check.py)."""
+    context = {
+        "compile_steps": _compile_steps(dialect, request.format, job_dir, compiled_dir, device),
+        "compiled_dir": compiled_dir,
+        "arrow_check": [KETOS_PYTHON, f"{job_dir}/{ARROW_CHECK}"],
+        "arrow_dirs": [compiled_dir, f"{job_dir}/{SPLIT_DIR}"],
+    }
+    checker = Path(__file__).resolve().parents[1] / "runtime" / ARROW_CHECK
+    return context, {**split_files(split), ARROW_CHECK: checker.read_text(encoding="utf-8")}
+
+
 def compile_job(dialect, request, job_dir: str, compiled_dir: str, device: str, split) -> KrakenJob:
-    return KrakenJob(
-        "kraken/compile.sh.j2",
-        {
-            "compile_steps": _compile_steps(dialect, request.format, job_dir, compiled_dir, device),
-            "compiled_dir": compiled_dir,
-        },
-        split_files(split),
-    )
+    context, files = _compiling(dialect, request, job_dir, compiled_dir, device, split)
+    return KrakenJob("kraken/compile.sh.j2", context, files)
 
 
 def transcription_job(
     dialect, request, job_dir: str, compiled_dir: str, device: str, split
 ) -> KrakenJob:
     out_dir = f"{job_dir}/{MODEL_DIR}"
-    files = split_files(split)
+    context, files = _compiling(dialect, request, job_dir, compiled_dir, device, split)
     files[VALIDATION_ARROW_LIST] = f"{compiled_dir}/{arrow_file('validation')}\n"
-    context = {
-        "compile_steps": _compile_steps(dialect, request.format, job_dir, compiled_dir, device),
-        "compiled_dir": compiled_dir,
+    context |= {
         "out_dir": out_dir,
         "train_step": train_step(
             dialect,

@@ -18,6 +18,7 @@ class ShellVar(str):
 CPUS = ShellVar("CPUS")
 BEST = ShellVar("BEST_MODEL")
 RESUME = ShellVar("RESUME")
+KETOS_PYTHON = ShellVar("KETOS_PYTHON")  # kraken's own interpreter, found beside ketos
 
 
 def shell_quote(value: Any) -> str:

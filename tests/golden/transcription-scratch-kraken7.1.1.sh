@@ -16,9 +16,17 @@ cd /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription
 
 hpctrain_step compile
 mkdir -p /home/alice/hpc/GT_compile/Projet_A/job7
-ketos -d cpu --workers "${CPUS}" --threads "${CPUS}" compile -f page -o /home/alice/hpc/GT_compile/Projet_A/job7/train.arrow -F /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/split/train.txt
-ketos -d cpu --workers "${CPUS}" --threads "${CPUS}" compile -f page -o /home/alice/hpc/GT_compile/Projet_A/job7/validation.arrow -F /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/split/validation.txt
-ketos -d cpu --workers "${CPUS}" --threads "${CPUS}" compile -f page -o /home/alice/hpc/GT_compile/Projet_A/job7/test.arrow -F /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/split/test.txt
+# A requeued job reuses what it compiled before when every .arrow is whole: kraken's own Python
+# checks them with arrow_check.py (beside this script) and says which happened in an event.
+KETOS_PYTHON="$(dirname "$(command -v ketos || true)")/python"
+[ -x "$KETOS_PYTHON" ] || KETOS_PYTHON=python3
+if ! "${KETOS_PYTHON}" /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/arrow_check.py check /home/alice/hpc/GT_compile/Projet_A/job7 /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/split; then
+    ketos -d cpu --workers "${CPUS}" --threads "${CPUS}" compile -f page -o /home/alice/hpc/GT_compile/Projet_A/job7/train.arrow -F /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/split/train.txt
+    ketos -d cpu --workers "${CPUS}" --threads "${CPUS}" compile -f page -o /home/alice/hpc/GT_compile/Projet_A/job7/validation.arrow -F /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/split/validation.txt
+    ketos -d cpu --workers "${CPUS}" --threads "${CPUS}" compile -f page -o /home/alice/hpc/GT_compile/Projet_A/job7/test.arrow -F /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/split/test.txt
+    "${KETOS_PYTHON}" /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/arrow_check.py record /home/alice/hpc/GT_compile/Projet_A/job7 /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/split \
+        || echo "warning: could not record the compiled data; a requeue will compile again"
+fi
 
 hpctrain_step train
 mkdir -p /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/model

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from hpctrain.cluster.scheduler import SLURM_STATES, SlurmScheduler, directives, time_to_minutes
+from hpctrain.cluster.scheduler import _fields, _state, SLURM_STATES, directives, time_to_minutes
 from hpctrain.cluster.registry import JobState
 
 
@@ -25,18 +25,14 @@ def test_slurm_time_formats(text, minutes):
 
 
 def test_sacct_lines_map_onto_job_states():
-    found = {"11": None, "12": None, "13": None, "14": None}
-    SlurmScheduler._read_states(
-        "11|COMPLETED\n12|CANCELLED by 1000\n13|PREEMPTED\n99|RUNNING\n", found
-    )
+    found = {job_id: _state(state) for job_id, state in
+             _fields("11|COMPLETED\n12|CANCELLED by 1000\n13|PREEMPTED\n14|WEIRD_NEW_STATE\n")}
     assert found == {
         "11": JobState.COMPLETED,
         "12": JobState.CANCELLED,
         "13": JobState.PENDING,
-        "14": None,
+        "14": JobState.UNKNOWN,
     }
-    SlurmScheduler._read_states("14|WEIRD_NEW_STATE\n", found)
-    assert found["14"] == JobState.UNKNOWN
 
 
 def test_every_mapped_slurm_state_is_a_job_state():

@@ -93,7 +93,7 @@ def ketos_lines(script: str) -> list[list[str]]:
     return [
         shlex.split(line)
         for line in (raw.strip() for raw in script.splitlines())
-        if line.startswith(("ketos ", "apptainer "))
+        if line.startswith(("ketos ", "apptainer ")) and " ketos " in f" {line} "
     ]
 
 
