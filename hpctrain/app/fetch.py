@@ -1,14 +1,20 @@
-"""`hpctrain fetch`: a job's best model, events, log, script and split back into
-models/finetuned/PROJECT/jobN/."""
+"""`hpctrain fetch`: a job's best model, with its provenance (model.json), events, log, script and
+split, back into models/finetuned/PROJECT/jobN/. Without a target: every finished job of the
+current project that is not here yet."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..backends import connect
+from ..cluster import provenance
 from ..cluster.api import JobStatus, inside_job
 from ..core.config import Workspace
+from ..core.errors import TransportError
+from ..core.files import write_text
+from .projects import current_project
 
 
 @dataclass
@@ -16,28 +22,76 @@ class FetchResult:
     job: JobStatus
     destination: Path
     files: list[str] = field(default_factory=list)
+    model: str | None = None  # the model, relative to the workspace
 
 
-def fetch(workspace: Workspace, target: str) -> FetchResult:
-    """Bring the files the cluster side plans for `target` (a job id or a project)."""
+@dataclass
+class FetchReport:
+    results: list[FetchResult]
+    project: str | None = None          # the project whose unfetched jobs were looked for
+    notes: list[str] = field(default_factory=list)
+
+
+def destination_of(workspace: Workspace, project: str, job_id: int) -> Path:
+    return workspace.path / "models" / "finetuned" / project / f"job{job_id}"
+
+
+def fetched(workspace: Workspace, job: JobStatus) -> bool:
+    return (destination_of(workspace, job.project, job.id) / provenance.MODEL_JSON).is_file()
+
+
+def fetch(workspace: Workspace, target: str | None = None) -> FetchReport:
+    """Fetch `target` (a job id, or a project's latest completed job); without one, every
+    finished job of the current project that has not been fetched yet."""
     with connect(workspace) as transport:
-        plan = transport.cluster.fetch_plan(target)
-        job = plan.job
-        destination = workspace.path / "models" / "finetuned" / job.project / f"job{job.id}"
-        result = FetchResult(job, destination)
-        for remote, local_rel in plan.files:
-            # Checked here too: what a cluster answers never writes outside the job's folder.
-            inside_job(job, remote)
-            local = _inside(destination, local_rel)
-            transport.get(remote, local)
-            result.files.append(str(local.relative_to(workspace.path)))
+        if target:
+            return FetchReport([_fetch_one(workspace, transport, target)])
+        name, why = current_project(workspace)
+        todo = [job for job in transport.cluster.status(project=name)
+                if job.state == "COMPLETED" and job.best_model and not fetched(workspace, job)]
+        results = [_fetch_one(workspace, transport, str(job.id)) for job in todo]
+    return FetchReport(results, name, [f"project {name} ({why})"] if why else [])
+
+
+def _fetch_one(workspace: Workspace, transport, target: str) -> FetchResult:
+    plan = transport.cluster.fetch_plan(target)
+    job = plan.job
+    destination = destination_of(workspace, job.project, job.id)
+    result = FetchResult(job, destination)
+    for remote, local_rel in plan.files:
+        # Checked here too: what a cluster answers never writes outside the job's folder.
+        inside_job(job, remote)
+        local = _inside(destination, local_rel)
+        transport.get(remote, local)
+        result.files.append(str(local.relative_to(workspace.path)))
+        if remote == job.best_model:
+            result.model = str(local.relative_to(workspace.path))
+            record = provenance.complete(plan.provenance, local, remote)
+            write_text(destination / provenance.MODEL_JSON, json.dumps(record, indent=1) + "\n")
+            result.files.append(str((destination / provenance.MODEL_JSON)
+                                    .relative_to(workspace.path)))
     return result
 
 
 def _inside(destination: Path, rel: str) -> Path:
-    from ..core.errors import TransportError
-
     local = (destination / rel).resolve()
     if not local.is_relative_to(destination.resolve()):
         raise TransportError(f"refusing to write {rel!r} outside {destination}")
     return destination / rel
+
+
+def fetched_models(workspace: Workspace) -> list[dict]:
+    """Every model.json under models/finetuned/, newest job last; a damaged one is skipped."""
+    found = []
+    folder = workspace.path / "models" / "finetuned"
+    for path in sorted(folder.glob(f"*/*/{provenance.MODEL_JSON}")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        found.append({"job": data.get("job"), "project": data.get("project"),
+                      "kind": data.get("kind"), "best": data.get("best") or {},
+                      "test": data.get("test") or {},
+                      "model": str(path.parent.relative_to(workspace.path) /
+                                   (data.get("model") or {}).get("file", "?"))})
+    return found

@@ -10,6 +10,7 @@ from ..cluster.api import MODEL_SUFFIXES
 from ..core.config import Workspace
 from ..core.errors import ConfigError, NotFoundError
 from ..core.names import check_name
+from .fetch import fetched_models
 
 
 def push_model(workspace: Workspace, file: Path, name: str | None = None) -> dict:
@@ -44,4 +45,4 @@ def list_models(workspace: Workspace) -> dict:
         }
         for s in done
     ]
-    return {"base": base, "finetuned": finetuned}
+    return {"base": base, "finetuned": finetuned, "here": fetched_models(workspace)}

@@ -6,12 +6,15 @@ never silently falls back to a default.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 from ..core.config import Workspace, read_yaml
-from ..core.errors import ConfigError, NotFoundError
+from ..core.errors import ConfigError, HpctrainError, NotFoundError
+from ..core.files import write_text
 from ..core.keys import reject_unknown, section
 from ..core.names import check_name
 from ..jobs.requests import (
@@ -98,3 +101,66 @@ def load_project(workspace: Workspace, name: str) -> Project:
             f"(see projects/example.yaml) or run 'hpctrain project new {name}'"
         )
     return project_from_mapping(name, read_yaml(path), str(path))
+
+
+# -- the current project -------------------------------------------------------------------------
+STATE_FILE = ".hpctrain/state.json"  # the workspace's own state: which project was pushed last
+STATE_VERSION = 1
+
+
+def remember_push(workspace: Workspace, name: str) -> None:
+    state = {"version": STATE_VERSION, "last_pushed": name}
+    write_text(workspace.path / STATE_FILE, json.dumps(state) + "\n")
+
+
+def last_pushed(workspace: Workspace) -> str | None:
+    """The project pushed last; a missing or damaged state file means none."""
+    try:
+        state = json.loads((workspace.path / STATE_FILE).read_text(encoding="utf-8"))
+        return check_name(str(state["last_pushed"]), "project name")
+    except (OSError, ValueError, KeyError, TypeError, HpctrainError):
+        return None
+
+
+def known_projects(workspace: Workspace) -> list[str]:
+    return sorted(p.stem for p in (workspace.path / "projects").glob("*.yaml"))
+
+
+def current_project(workspace: Workspace, given: str | None = None) -> tuple[str, str | None]:
+    """(project, why it was chosen): the one named, else HPCTRAIN_PROJECT, else `project:` in
+    hpctrain.yaml, else the last pushed, else the only one. `why` is None when it was named."""
+    if given:
+        return check_name(given, "project name"), None
+    for name, why in ((os.environ.get("HPCTRAIN_PROJECT"), "HPCTRAIN_PROJECT"),
+                      (workspace.project, "project: in hpctrain.yaml"),
+                      (last_pushed(workspace), "last pushed")):
+        if name:
+            return check_name(name, "project name"), why
+    known = known_projects(workspace)
+    if len(known) == 1:
+        return known[0], "the only project"
+    if not known:
+        raise NotFoundError("no project yet: push ground truth first with 'hpctrain push NAME' "
+                            "(ground_truth/NAME) or 'hpctrain push FOLDER|EXPORT.zip'")
+    raise ConfigError(f"several projects ({', '.join(known)}) and none is current: name one, "
+                      "or set 'project: NAME' in hpctrain.yaml or HPCTRAIN_PROJECT")
+
+
+def ensure_project(workspace: Workspace, name: str, ground_truth: Path | None = None) -> bool:
+    """Create projects/NAME.yaml from the documented defaults if it is missing; True if created.
+
+    With `ground_truth` (a folder outside the workspace), the project file points at it, and an
+    existing project file that points elsewhere is refused rather than silently overridden."""
+    path = workspace.project_file(name)
+    if path.exists():
+        if ground_truth is not None:
+            configured = load_project(workspace, name).ground_truth_path(workspace)
+            if configured.resolve() != ground_truth.resolve():
+                raise ConfigError(f"projects/{name}.yaml takes its ground truth from {configured}, "
+                                  f"not {ground_truth}: edit it, or pass --project OTHER_NAME")
+        return False
+    from .workspace import write_project_file
+
+    folder = str(ground_truth.resolve()) if ground_truth is not None else None
+    write_project_file(workspace, name, folder)
+    return True

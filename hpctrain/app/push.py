@@ -6,17 +6,19 @@ sides); the backend sends it the fastest way it knows, each file atomically.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from ..backends import connect
-from ..backends.api import Progress, SyncPlan, Transfer
+from ..backends.api import SyncPlan, Transfer
 from ..core.config import Workspace
-from ..core.errors import GroundTruthError
+from ..core.errors import GroundTruthError, HpctrainError, NotFoundError
 from ..core.files import sha256_file
 from ..jobs.groundtruth import Report, validate
-from .projects import Project, load_project
+from ..core.names import check_name
+from .exports import unpack_export
+from .projects import Project, ensure_project, load_project, remember_push
 
 MTIME_SLACK = 1.0  # seconds; remote filesystems may round modification times
 
@@ -27,6 +29,7 @@ class PushResult:
     report: Report
     plan: SyncPlan
     remote_folder: str
+    notes: list[str] = field(default_factory=list)  # what push did besides sending
 
 
 def check_ground_truth(workspace: Workspace, name: str) -> tuple[Project, Report]:
@@ -49,12 +52,17 @@ def check_ground_truth(workspace: Workspace, name: str) -> tuple[Project, Report
 
 def push(
     workspace: Workspace,
-    name: str,
-    progress: Progress | None = None,
+    target: str,
+    progress: Callable[[Transfer, SyncPlan], None] | None = None,
     dry_run: bool = False,
     checksum: bool = False,
+    project_name: str | None = None,
 ) -> PushResult:
-    """Validate the ground truth, then send only new or changed pages."""
+    """Validate the ground truth, then send only new or changed pages.
+
+    `target` is a project name (ground_truth/NAME), a folder anywhere, or an export .zip; a
+    project file is created from the documented defaults when there is none."""
+    name, notes = prepare(workspace, target, project_name)
     project, report = check_ground_truth(workspace, name)
     with connect(workspace) as transport:
         remote_folder = f"{workspace.profile.tree.ground_truth}/{project.name}"
@@ -67,8 +75,56 @@ def push(
             transport.checksums if checksum else None,
         )
         if not dry_run:
-            transport.send_plan(plan, progress)
-    return PushResult(project.name, report, plan, remote_folder)
+            transport.send_plan(plan, (lambda t: progress(t, plan)) if progress else None)
+            remember_push(workspace, project.name)
+    return PushResult(project.name, report, plan, remote_folder, notes)
+
+
+def prepare(workspace: Workspace, target: str, project_name: str | None) -> tuple[str, list[str]]:
+    """The project a push target names, made ready: an export unpacked, a project file made."""
+    path = Path(target).expanduser()
+    if target.lower().endswith(".zip"):
+        if not path.is_file():
+            raise NotFoundError(f"{target} not found: give the path of an export .zip")
+        name = check_name(project_name or path.stem, "project name")
+        count = unpack_export(path, workspace.path / "ground_truth" / name)
+        notes = [f"unpacked {count} files of {path.name} into ground_truth/{name}/"]
+        return name, notes + _created(workspace, name, ensure_project(workspace, name))
+    if _is_folder_target(workspace, target, path):
+        name = check_name(project_name or path.resolve().name, "project name")
+        return name, _created(workspace, name, ensure_project(workspace, name, path))
+    name = check_name(project_name or target, "project name")
+    if not workspace.project_file(name).exists():
+        if not (workspace.path / "ground_truth" / name).is_dir():
+            raise NotFoundError(f"unknown project {name!r}: put its export in ground_truth/{name}/"
+                                f", or push a folder or an export .zip "
+                                f"(hpctrain push ~/Downloads/{name}.zip)")
+        return name, _created(workspace, name, ensure_project(workspace, name))
+    return name, []
+
+
+def _is_folder_target(workspace: Workspace, target: str, path: Path) -> bool:
+    """A path rather than a project name: it has a slash, or only a folder of that name exists."""
+    if "/" in target or target in (".", "..", "~"):
+        if not path.is_dir():
+            raise NotFoundError(f"{target} is not a folder: give a ground-truth folder, an export "
+                                ".zip or a project name")
+        return True
+    known = workspace.project_file(target).exists() if _valid(target) else False
+    return path.is_dir() and not known and not (workspace.path / "ground_truth" / target).is_dir()
+
+
+def _valid(name: str) -> bool:
+    try:
+        check_name(name)
+        return True
+    except HpctrainError:
+        return False
+
+
+def _created(workspace: Workspace, name: str, created: bool) -> list[str]:
+    return [f"created projects/{name}.yaml with the documented defaults (edit it to change the "
+            "training settings)"] if created else []
 
 
 def plan_push(

@@ -3,28 +3,43 @@ the cluster side, which renders, registers and queues the job (or only renders i
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..backends import connect
-from ..cluster.api import Submission
+from ..cluster.api import MODEL_SUFFIXES
+from ..cluster.registry import JobRecord
 from ..core.config import Workspace, user_template_dir
 from ..core.errors import ConfigError, InvalidName, NotFoundError
 from ..core.names import check_name
 from ..jobs.render import collect_overrides
 from ..jobs.requests import JobRequest, Resources, TorchrunRequest, override_resources
 from ..jobs.torchrun import REFERENCE_TRAINER, check_module_name
-from .projects import load_project
+from .projects import current_project, load_project
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A submission, and what `submit` did or chose on the way (printed as lines)."""
+
+    job: JobRecord | None
+    script: str
+    job_dir: str
+    notes: tuple[str, ...] = ()
 
 
 def submit(
     workspace: Workspace,
     kind: str,
-    name: str,
+    name: str | None,
     base: str | None = None,
     no_base: bool = False,
     resources: dict | None = None,
     dry_run: bool = False,
-) -> Submission:
+) -> Submitted:
+    """Submit a kraken job of project `name` (None: the current project)."""
+    name, why = current_project(workspace, name)
+    notes = [f"project {name} ({why})"] if why else []
     project = load_project(workspace, name)
     params = project.segmentation if kind == "segmentation" else project.transcription
     if no_base:
@@ -40,23 +55,44 @@ def submit(
         )
     profile = workspace.profile
     request = JobRequest(
-        kind=kind,
-        project=project.name,
-        format=project.format,
-        base=base if kind != "compile" else None,
-        params=params,
-        split=project.split,
+        kind=kind, project=project.name, format=project.format,
+        base=base if kind != "compile" else None, params=params, split=project.split,
         resources=_job_resources(workspace, project.resources, resources or {}),
-        device=profile.device,
-        kraken_version=profile.kraken_version,
-        modules=profile.modules,
-        venv=profile.venv,
-        container=profile.container,
-        templates=template_overrides(workspace),
+        device=profile.device, kraken_version=profile.kraken_version, modules=profile.modules,
+        venv=profile.venv, container=profile.container, templates=template_overrides(workspace),
         alerts=tuple(a.to_json() for a in project.alerts),
     )
     with connect(workspace) as transport:
-        return transport.cluster.submit(request, dry_run=dry_run)
+        if request.base:
+            request, sent = _base_on_the_cluster(workspace, transport, request, dry_run)
+            notes += sent
+        done = transport.cluster.submit(request, dry_run=dry_run)
+    return Submitted(done.job, done.script, done.job_dir, tuple(notes))
+
+
+def _base_on_the_cluster(workspace: Workspace, transport, request: JobRequest,
+                         dry_run: bool) -> tuple[JobRequest, list[str]]:
+    """A base model only in models/base/ here is sent first; one on neither side is refused
+    before anything is queued."""
+    remote = {m["name"]: m["file"] for m in transport.cluster.base_models()}
+    if request.base in remote:
+        return request, []
+    local = [workspace.path / "models" / "base" / f"{request.base}{suffix}"
+             for suffix in MODEL_SUFFIXES]
+    found = next((path for path in local if path.is_file()), None)
+    if found is None:
+        known = ", ".join(sorted(remote)) or "none"
+        raise NotFoundError(
+            f"unknown base model {request.base!r}: not on the cluster (known there: {known}) "
+            f"nor in models/base/ here; put {request.base}.mlmodel in models/base/ or run "
+            f"'hpctrain models push FILE --name {request.base}'")
+    rel = f"{workspace.profile.tree.base_models}/{found.name}"
+    if dry_run:  # nothing is sent: the script shows where the model will be
+        return replace(request, base_path=f"{transport.root}/{rel}"), [
+            f"base model {request.base} is only in models/base/: a real submit sends it"]
+    transport.put(found, rel)
+    return request, [f"sent base model {request.base} ({found.stat().st_size:,} bytes) from "
+                     "models/base/ to the cluster"]
 
 
 def template_overrides(workspace: Workspace) -> dict[str, str]:
@@ -85,7 +121,7 @@ def submit_torchrun(
     monitor: str = "val_auc",
     resume_from: int | None = None,
     dry_run: bool = False,
-) -> Submission:
+) -> Submitted:
     """Submit SCRIPT (a local .py file, a module with `module`, or hpctrain.trainer) as a
     torchrun DDP job. With `project`, its project file gives resources and alerts; flags win."""
     target, text = _torchrun_target(script, module)
@@ -113,7 +149,8 @@ def submit_torchrun(
         templates=template_overrides(workspace),
     )
     with connect(workspace) as transport:
-        return transport.cluster.submit_torchrun(request, dry_run=dry_run)
+        done = transport.cluster.submit_torchrun(request, dry_run=dry_run)
+    return Submitted(done.job, done.script, done.job_dir)
 
 
 def _torchrun_target(script: str, module: bool) -> tuple[str, str | None]:

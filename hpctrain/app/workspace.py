@@ -76,6 +76,12 @@ def new_project(workspace: Workspace, name: str, ground_truth: str | None = None
     path = workspace.project_file(name)
     if path.exists():
         raise ConfigError(f"{path.relative_to(workspace.path)} already exists; edit it instead")
+    return write_project_file(workspace, name, ground_truth)
+
+
+def write_project_file(workspace: Workspace, name: str, ground_truth: str | None = None) -> Path:
+    """projects/NAME.yaml with every key documented (never overwrites)."""
+    path = workspace.project_file(name)
     text = render(
         PROJECT_TEMPLATE, {"name": name, "ground_truth": ground_truth or f"ground_truth/{name}"}
     )

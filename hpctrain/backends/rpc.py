@@ -163,7 +163,7 @@ class RemoteCluster:
     def fetch_plan(self, target: str) -> FetchPlan:
         data = self._call("fetch_plan", target=target)
         files = tuple((remote, local) for remote, local in data["files"])
-        return FetchPlan(JobStatus(**data["job"]), files)
+        return FetchPlan(JobStatus(**data["job"]), files, data.get("provenance") or {})
 
     def clean_plan(self, project: str) -> list[dict]:
         return self._call("clean_plan", project=project)

@@ -11,19 +11,26 @@ from .main import json_option, main, metric, print_json, size, workspace_of
 
 
 @main.command()
-@click.argument("project_name", metavar="PROJECT")
+@click.argument("target", metavar="PROJECT|FOLDER|EXPORT.zip")
+@click.option("--project", "project_name", help="Project name (default: the folder's or zip's).")
 @click.option("--dry-run", is_flag=True, help="Validate and list what would be sent; send nothing.")
 @click.option(
     "--checksum", is_flag=True, help="Compare contents (SHA-256), not size and modification time."
 )
 @json_option
 @click.pass_context
-def push(ctx, project_name, dry_run, checksum, as_json):
+def push(ctx, target, project_name, dry_run, checksum, as_json):
     """Validate a project's ground truth, then upload new or changed pages.
 
     \b
-    Example:
-      hpctrain push Projet_A
+    Examples:
+      hpctrain push Projet_A                      # ground_truth/Projet_A
+      hpctrain push ~/Downloads/Projet_A          # an export folder anywhere
+      hpctrain push ~/Downloads/export.zip --project Projet_A
+
+    A project without a project file gets projects/NAME.yaml with the
+    documented defaults. A zip is checked whole (no paths leaving the folder,
+    no links, no size bomb) before it is unpacked into ground_truth/NAME/.
 
     Every XML must be well-formed PAGE or ALTO, name an image that exists,
     and the project needs at least 10 pages for its train/validation/test
@@ -33,11 +40,12 @@ def push(ctx, project_name, dry_run, checksum, as_json):
     from ..app.push import push as do_push
 
     progress = _transfer_progress() if not as_json and sys.stderr.isatty() else None
-    result = do_push(
-        workspace_of(ctx), project_name, progress=progress, dry_run=dry_run, checksum=checksum
-    )
+    result = do_push(workspace_of(ctx), target, progress=progress, dry_run=dry_run,
+                     checksum=checksum, project_name=project_name)
     if progress:
         click.echo("", err=True)
+    for note in result.notes:
+        click.echo(note, err=True)
     report, plan = result.report, result.plan
     if as_json:
         print_json(
@@ -70,12 +78,16 @@ def push(ctx, project_name, dry_run, checksum, as_json):
 
 
 def _transfer_progress():
+    """A byte progress bar on the terminal: [#####.....] 52% 104.2/201.0 MB, 1040/2000 files."""
     state = {"files": 0, "bytes": 0}
 
-    def show(transfer):
+    def show(transfer, plan):
         state["files"] += 1
         state["bytes"] += transfer.size
-        click.echo(f"\rsent {state['files']} files, {size(state['bytes'])}", nl=False, err=True)
+        done = state["bytes"] / plan.bytes if plan.bytes else 1.0
+        bar = "#" * int(done * 30) + "." * (30 - int(done * 30))
+        click.echo(f"\r[{bar}] {done:4.0%} {size(state['bytes'])}/{size(plan.bytes)}, "
+                   f"{state['files']}/{len(plan.transfers)} files", nl=False, err=True)
 
     return show
 
@@ -157,3 +169,9 @@ def models_list(ctx, as_json):
         if rows
         else "  (none)"
     )
+    click.echo("\nFetched (on this computer, with model.json):")
+    here = [[m["job"], m["project"], m["kind"], metric(m["best"].get("metric"),
+             m["best"].get("value")), f"{m['test']['char_accuracy']:.2%}"
+             if "char_accuracy" in m["test"] else "", m["model"]] for m in result["here"]]
+    click.echo(tabulate(here, headers=["job", "project", "kind", "best", "test", "model"])
+               if here else "  (none)")

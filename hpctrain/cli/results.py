@@ -10,35 +10,47 @@ from .main import json_option, main, metric, print_json, size, workspace_of
 
 
 @main.command()
-@click.argument("target", metavar="PROJECT|JOB")
+@click.argument("target", metavar="[PROJECT|JOB]", required=False)
 @json_option
 @click.pass_context
 def fetch(ctx, target, as_json):
-    """Bring a job's best model, events, log and script back into models/finetuned/PROJECT/jobN/.
+    """Bring best models back into models/finetuned/PROJECT/jobN/, each with its provenance
+    (model.json: job, data, parameters, kraken version, best epoch, test score, checksums).
 
     \b
     Examples:
+      hpctrain fetch              # every finished job of the current project not fetched yet
       hpctrain fetch Projet_A     # the project's latest completed job
       hpctrain fetch 3
     """
     from ..app.fetch import fetch as do_fetch
 
-    result = do_fetch(workspace_of(ctx), target)
+    report = do_fetch(workspace_of(ctx), target)
+    for note in report.notes:
+        click.echo(note, err=True)
     if as_json:
-        print_json(
-            {
-                "job": result.job.to_json(),
-                "destination": str(result.destination),
-                "files": result.files,
-            }
-        )
+        found = [_fetched_json(r) for r in report.results]
+        print_json(found[0] if target else {"project": report.project, "fetched": found})
         return
-    job = result.job
-    click.echo(
-        f"job {job.id} ({job.kind} of {job.project}, {metric(job.best_metric, job.best_value)}):"
-    )
-    for item in result.files:
-        click.echo(f"  {item}")
+    if not report.results:
+        click.echo(f"nothing new to fetch: every finished job of {report.project} is already in "
+                   "models/finetuned/ (hpctrain fetch JOB fetches one again)")
+        return
+    from tabulate import tabulate
+
+    rows = [[r.job.id, r.job.project, r.model or "", metric(r.job.best_metric, r.job.best_value),
+             _test(r.job), str(r.destination.relative_to(workspace_of(ctx).path))]
+            for r in report.results]
+    click.echo(tabulate(rows, headers=["job", "project", "model", "best", "test", "where"]))
+
+
+def _fetched_json(result) -> dict:
+    return {"job": result.job.to_json(), "destination": str(result.destination),
+            "model": result.model, "files": result.files}
+
+
+def _test(job) -> str:
+    return f"{job.test['char_accuracy']:.2%}" if "char_accuracy" in job.test else ""
 
 
 @main.command()

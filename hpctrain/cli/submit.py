@@ -10,7 +10,7 @@ from .main import json_option, main, print_json, workspace_of
 
 # -- submit -------------------------------------------------------------------------------
 def _submit_command(kind: str, summary: str, example: str):
-    @click.argument("project_name", metavar="PROJECT")
+    @click.argument("project_name", metavar="[PROJECT]", required=False)
     @click.option("--partition", help="Slurm partition.")
     @click.option("--time", "time_limit", help="Wall-clock limit, e.g. 05:00:00.")
     @click.option("--gpus", type=int, help="GPUs per node.")
@@ -58,7 +58,9 @@ def _submit_command(kind: str, summary: str, example: str):
         )
         _print_submission(result, kind, dry_run, as_json)
 
-    command.__doc__ = f"{summary}\n\n\b\nExample:\n  {example}\n"
+    command.__doc__ = (f"{summary}\n\n\b\nExample:\n  {example}\n\n"
+                       "Without PROJECT: HPCTRAIN_PROJECT, else 'project:' in hpctrain.yaml, else\n"
+                       "the project pushed last, else the only one.\n")
     if kind != "compile":
         command = click.option(
             "--no-base", is_flag=True, help="Train from scratch with the project's spec."
@@ -68,6 +70,8 @@ def _submit_command(kind: str, summary: str, example: str):
 
 
 def _print_submission(result, kind: str, dry_run: bool, as_json: bool) -> None:
+    for note in result.notes:
+        click.echo(note, err=True)
     if as_json:
         print_json(
             {

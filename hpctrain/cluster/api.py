@@ -53,6 +53,7 @@ class JobStatus:
     waiting: str | None = None  # the same in plain words
     never_starts: bool = False  # the request cannot be met as it is: it will never start
     expected_start: str | None = None  # Slurm's estimate of when a PENDING job starts
+    best_epoch: int | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -64,6 +65,7 @@ class FetchPlan:
 
     job: JobStatus
     files: tuple[tuple[str, str], ...]
+    provenance: dict = field(default_factory=dict)  # cluster/provenance.py: what made the model
 
 
 @runtime_checkable

@@ -33,6 +33,7 @@ from ..jobs.groundtruth import is_junk
 from ..jobs.requests import JobRequest, TorchrunRequest, recorded
 from ..jobs.split import split_pages
 from ..runtime import events
+from . import provenance
 from .api import MODEL_SUFFIXES, FetchPlan, JobStatus, Submission, inside_job
 from .registry import JobRecord, JobState, Registry
 from .scheduler import Live, scheduler_for, waiting
@@ -126,7 +127,8 @@ class ClusterSide:
             raise HpctrainError(
                 f"unknown job kind {request.kind!r}; choose one of {', '.join(build.KINDS)}"
             )
-        if request.base:
+        if request.base and not (dry_run and request.base_path):
+            # A dry run may show where a base model still on the laptop will be.
             request = replace(request, base_path=str(self.resolve_base(request.base)))
         dialect = kraken.resolve_dialect(request.kraken_version)
         split = split_pages(
@@ -139,6 +141,7 @@ class ClusterSide:
         params = {
             "request": recorded(request),
             "kraken": dialect.version,
+            "base_sha256": provenance.base_digest(request.base_path, dry_run),
             "split_sizes": {k: len(v) for k, v in split.items()},
             "hpctrain": __version__,
         }
@@ -291,7 +294,10 @@ class ClusterSide:
             for remote, local in wanted
             if (self.root / inside_job(job, remote)).is_file()
         )
-        return FetchPlan(job, files)
+        with self.registry() as registry:
+            record = registry.get(job.id)
+        progress = events.summarize(events.read(self.root / job.job_dir / EVENTS))
+        return FetchPlan(job, files, provenance.of_job(self.root, record, job, progress))
 
     def _job_to_fetch(self, target: str) -> JobStatus:
         if target.isdigit():

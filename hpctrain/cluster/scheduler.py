@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -86,6 +87,28 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+@contextmanager
+def _detached_streams():
+    """submitit's local controller inherits the standard streams: without this, a caller's
+    `$(hpctrain submit ... --json)` would wait for the whole training. The controller gets
+    /dev/null; this process's own streams are back as they were afterwards."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(fd) for fd in (0, 1, 2)]
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        yield
+    finally:
+        for fd, copy in zip((0, 1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(null)
+
+
 class LocalScheduler:
     """submitit's local executor: the job runs as a background process of this machine."""
 
@@ -102,7 +125,8 @@ class LocalScheduler:
         executor = submitit.LocalExecutor(folder=job_dir / SUBMITIT_DIR)
         executor.update_parameters(timeout_min=max(1, int(time_to_minutes(time_limit))))
         try:
-            job = executor.submit(JobRunner(str(job_dir), str(self.queue_lock)))
+            with _detached_streams():
+                job = executor.submit(JobRunner(str(job_dir), str(self.queue_lock)))
         except Exception as e:  # submitit raises bare exceptions on submission failures
             raise SchedulerError(f"local submission failed: {e}") from e
         return str(job.job_id)

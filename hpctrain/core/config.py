@@ -76,6 +76,7 @@ class Workspace:
     path: Path
     profile: Profile
     template_dir: Path | None = None
+    project: str | None = None  # the workspace's current project (`project:` in hpctrain.yaml)
 
     @property
     def root(self) -> Path:
@@ -258,6 +259,9 @@ def load_workspace(
             f"unknown profile {name!r}: define it under 'profiles:' in {folder / WORKSPACE_FILE}"
         )
     profile = profile_from_mapping(name, merged, str(folder / WORKSPACE_FILE))
-    return Workspace(
-        path=folder, profile=profile, template_dir=Path(template_dir) if template_dir else None
-    )
+    project = workspace_file.get("project")
+    if project is not None:
+        check_name(str(project), f"project in {folder / WORKSPACE_FILE}")
+    return Workspace(path=folder, profile=profile,
+                     template_dir=Path(template_dir) if template_dir else None,
+                     project=str(project) if project is not None else None)

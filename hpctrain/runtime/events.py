@@ -53,6 +53,8 @@ class Progress:
     metrics: dict = field(default_factory=dict)
     best_metric: str | None = None
     best_value: float | None = None
+    best_epoch: int | None = None
+    best_metrics: dict = field(default_factory=dict)  # every metric of the best epoch
     best_model: str | None = None
     test: dict = field(default_factory=dict)
     early_stopped: bool = False
@@ -85,6 +87,7 @@ def summarize(events: Iterator[dict]) -> Progress:
             }
         elif kind == "best":
             progress.best_metric, progress.best_value = event.get("metric"), event.get("value")
+            progress.best_epoch, progress.best_metrics = event.get("epoch"), progress.metrics
         elif kind == "result":
             progress.best_model = event.get("best_model") or progress.best_model
         elif kind == "test":

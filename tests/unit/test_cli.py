@@ -39,7 +39,7 @@ def assert_one_line_error(result, fragment):
 
 BAD_INPUTS = [
     (("push", "Nope"), "unknown project 'Nope'"),
-    (("push", "../etc"), "invalid project name '../etc'"),
+    (("push", "../etc"), "../etc is not a folder"),
     (("push", "a;rm -rf ~"), "invalid project name"),
     (("push", "$(id)"), "invalid project name"),
     (("submit", "transcription", "Demo", "--base", "nope"), "unknown base model 'nope'"),

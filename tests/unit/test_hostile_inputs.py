@@ -103,7 +103,7 @@ HOSTILE = [
     ("project backticks", None, ["project", "new", BACKTICK], "invalid project name"),
     ("project newline", None, ["project", "new", "a\nb"], "invalid project name"),
     ("project option-like", None, ["project", "new", "-rf"], "No such option"),
-    ("push ../etc", None, ["push", "../etc"], "invalid project name"),
+    ("push ../etc", None, ["push", "../etc"], "../etc is not a folder"),
     ("push $()", None, ["push", DOLLAR], "invalid project name"),
     (
         "base ..",
