@@ -13,7 +13,7 @@ from typing import Callable
 from ..backends import connect
 from ..backends.api import SyncPlan, Transfer
 from ..core.config import Workspace
-from ..core.errors import GroundTruthError, HpctrainError, NotFoundError
+from ..core.errors import GroundTruthError, NotFoundError
 from ..core.files import sha256_file
 from ..jobs.groundtruth import Report, validate
 from ..core.names import check_name
@@ -110,16 +110,9 @@ def _is_folder_target(workspace: Workspace, target: str, path: Path) -> bool:
             raise NotFoundError(f"{target} is not a folder: give a ground-truth folder, an export "
                                 ".zip or a project name")
         return True
-    known = workspace.project_file(target).exists() if _valid(target) else False
-    return path.is_dir() and not known and not (workspace.path / "ground_truth" / target).is_dir()
-
-
-def _valid(name: str) -> bool:
-    try:
-        check_name(name)
-        return True
-    except HpctrainError:
-        return False
+    known = (workspace.path / "projects" / f"{target}.yaml").exists() or \
+        (workspace.path / "ground_truth" / target).is_dir()
+    return path.is_dir() and not known
 
 
 def _created(workspace: Workspace, name: str, created: bool) -> list[str]:

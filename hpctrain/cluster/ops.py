@@ -257,17 +257,16 @@ class ClusterSide:
 
     def read_log(self, job_id: int, offset: int = 0) -> tuple[str, int]:
         """Up to LOG_CHUNK bytes of the raw log from `offset`, cut at a line end; the new offset."""
-        limit = LOG_CHUNK
         with self.registry() as registry:
             record = registry.get(job_id)
         path = self.root / record.job_dir / LOG
         try:
             with open(path, "rb") as handle:
                 handle.seek(offset)
-                data = handle.read(limit)
+                data = handle.read(LOG_CHUNK)
         except FileNotFoundError:
             return "", offset
-        if len(data) == limit and b"\n" in data:
+        if len(data) == LOG_CHUNK and b"\n" in data:
             data = data[: data.rindex(b"\n") + 1]
         return data.decode("utf-8", errors="replace"), offset + len(data)
 

@@ -10,6 +10,7 @@ import time
 import json
 import stat
 import zipfile
+from pathlib import Path
 
 import pytest
 from helpers import sample_gt, tree_snapshot
@@ -153,7 +154,8 @@ def test_submit_returns_at_once_with_its_output_in_a_pipe(cli, workspace, tmp_pa
     script = tmp_path / "slow.py"
     script.write_text("import time\ntime.sleep(120)\n")
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "hpctrain.cli.entry", "-w", str(workspace),
+    hpctrain = Path(sys.executable).parent / "hpctrain"  # the installed command
+    done = subprocess.run([str(hpctrain), "-w", str(workspace),
                            "submit", "torchrun", str(script), "--json"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
