@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import pty
+import select
 import shutil
 import socket
 import subprocess
@@ -46,6 +48,29 @@ class Cli:
         return CliRunner().invoke(
             main, ["-w", str(self.workspace), *args], input=input, catch_exceptions=False
         )
+
+
+def in_terminal(workspace: Path, *args: str, timeout: float = 900) -> tuple[int, str]:
+    """Run the installed hpctrain command with a terminal (a pty) as its stdout and stderr:
+    (exit code, everything it wrote)."""
+    command = [str(Path(sys.executable).with_name("hpctrain")), "-w", str(workspace), *args]
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower)
+    os.close(follower)
+    output, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not select.select([leader], [], [], 1)[0]:
+            continue
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the command closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+    code = process.wait(timeout=max(1, deadline - time.monotonic()))
+    return code, output.decode(errors="replace")
 
 
 def check_golden(name: str, text: str) -> None:

@@ -30,8 +30,11 @@ def poll_interval() -> float:
     return float(os.environ.get("HPCTRAIN_POLL_SECONDS", "1"))
 
 
-def follow_log(workspace: Workspace, job_id: int, follow: bool = False) -> Iterator[str]:
-    """Chunks of a job's raw log; with `follow`, new ones until the job ends."""
+def follow_log(
+    workspace: Workspace, job_id: int, follow: bool = False
+) -> Iterator[str | JobStatus]:
+    """Chunks of a job's raw log; with `follow`, new ones until the job ends, and between
+    them the job's status row each time it is asked for."""
     with connect(workspace) as transport:
         cluster, offset = transport.cluster, 0
         while True:
@@ -39,7 +42,10 @@ def follow_log(workspace: Workspace, job_id: int, follow: bool = False) -> Itera
             if chunk:
                 yield chunk
                 continue
-            if not follow or JobState(cluster.job(job_id).state).final:
+            row = cluster.job(job_id) if follow else None
+            if row is not None:
+                yield row
+            if row is None or JobState(row.state).final:
                 chunk, offset = cluster.read_log(job_id, offset)  # written while we asked
                 if chunk:
                     yield chunk

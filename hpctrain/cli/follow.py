@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
 
 import click
 
@@ -92,6 +94,9 @@ def _why_waiting(row) -> str:
 def logs(ctx, job_id, follow):
     """Print a job's raw log.
 
+    With -f in a terminal, the last line is the job's progress (epoch, metric, best, elapsed,
+    time left), kept up to date below the log.
+
     \b
     Examples:
       hpctrain logs 3
@@ -100,8 +105,21 @@ def logs(ctx, job_id, follow):
     from ..app.follow import follow_log
     from ..core.names import check_job_id
 
-    for chunk in follow_log(workspace_of(ctx), check_job_id(job_id), follow):
-        click.echo(chunk, nl=False)
+    live = LiveLine() if follow and sys.stdout.isatty() else None
+    ragged = False
+    for update in follow_log(workspace_of(ctx), check_job_id(job_id), follow):
+        if isinstance(update, str):
+            if live:
+                live.clear()
+            click.echo(update, nl=False)
+            ragged = not update.endswith("\n")
+        elif live:
+            if ragged:  # keep the log's last partial line above the progress line
+                click.echo("")
+                ragged = False
+            live.show(update)
+    if live:
+        live.close()
 
 
 @main.command()
@@ -119,12 +137,18 @@ def wait(ctx, job_id, timeout, as_json):
     from ..app.follow import watch
     from ..core.names import check_job_id
 
+    live = LiveLine() if not as_json and sys.stdout.isatty() else None
     last = row = None
     for row in watch(workspace_of(ctx), check_job_id(job_id), timeout):
+        if live:
+            live.show(row)
+            continue
         line = _progress_line(row)
         if line != last and not as_json:
             click.echo(line)
             last = line
+    if live:
+        live.close()
     if as_json:
         print_json(row.to_json())
     if row.state != "COMPLETED":
@@ -133,7 +157,8 @@ def wait(ctx, job_id, timeout, as_json):
         )
 
 
-def _progress_line(row) -> str:
+def _progress_line(row, clock: bool = False) -> str:
+    """The job's progress in one line; with `clock`, also elapsed time and time left."""
     parts = [f"job {row.id} {row.state}"]
     if row.state == "PENDING" and (row.waiting or row.expected_start):
         parts.append(_why_waiting(row))
@@ -141,12 +166,51 @@ def _progress_line(row) -> str:
         parts.append(row.step)
     if row.epoch is not None:
         parts.append(f"epoch {_epoch(row)}")
+    if clock and row.best_metric in row.metrics:
+        parts.append(f"{row.best_metric} {row.metrics[row.best_metric]:.4f}")
     if row.best_value is not None:
-        parts.append(f"best {row.best_metric} {row.best_value:.4f}")
+        at = f" (epoch {row.best_epoch})" if clock and row.best_epoch else ""
+        parts.append(f"best {row.best_metric} {row.best_value:.4f}{at}")
     if "char_accuracy" in row.test:
         parts.append(f"test accuracy {row.test['char_accuracy']:.2%}")
+    if clock and row.elapsed is not None:
+        parts.append(f"{_elapsed(row.elapsed)} elapsed")
+    left = time_left(row) if clock else None
+    if left is not None:
+        parts.append(f"about {_elapsed(left)} left")
     parts += [f"ALERT {message}" for message in row.alerts]
     return ", ".join(parts)
+
+
+def time_left(row) -> float | None:
+    """Seconds until the last epoch, from the mean epoch time; None before one can tell."""
+    if row.state != "RUNNING" or not (row.epoch_seconds and row.total_epochs):
+        return None
+    if row.epoch is None or row.epoch >= row.total_epochs:
+        return None
+    return (row.total_epochs - row.epoch) * row.epoch_seconds
+
+
+class LiveLine:
+    """One progress line rewritten in place on a terminal."""
+
+    def __init__(self) -> None:
+        self.shown = False
+
+    def show(self, row) -> None:
+        width = shutil.get_terminal_size().columns - 1
+        click.echo("\r\033[K" + _progress_line(row, clock=True)[:width], nl=False)
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            click.echo("\r\033[K", nl=False)
+            self.shown = False
+
+    def close(self) -> None:
+        if self.shown:
+            click.echo("")
+            self.shown = False
 
 
 @main.command()

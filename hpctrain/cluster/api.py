@@ -54,6 +54,8 @@ class JobStatus:
     never_starts: bool = False  # the request cannot be met as it is: it will never start
     expected_start: str | None = None  # Slurm's estimate of when a PENDING job starts
     best_epoch: int | None = None
+    epoch_seconds: float | None = None  # mean time an epoch takes, for the estimate of time left
+    metrics: dict = field(default_factory=dict)  # the latest epoch's metrics
 
     def to_json(self) -> dict:
         return asdict(self)

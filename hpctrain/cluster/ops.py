@@ -368,7 +368,8 @@ def _state(
 
 # What a status row takes from the job's events as they are.
 PROGRESS_FIELDS = ("step", "epoch", "total_epochs", "best_metric", "best_value", "test",
-                   "early_stopped", "error", "checkpoint_epoch")
+                   "early_stopped", "error", "checkpoint_epoch", "best_epoch", "epoch_seconds",
+                   "metrics")
 
 
 def _row(record: JobRecord, state: JobState, progress: events.Progress,

@@ -55,17 +55,17 @@ class Dialect:
     def fixed_quit(self) -> str:
         return "fixed" if self.major >= 5 else "dumb"
 
-    def ketos(self, subcommand: str, args: list, device: str | None) -> list:
-        """A ketos command line; `device=None` for subcommands that take no device (4.x compile)."""
+    def ketos(
+        self, subcommand: str, args: list, device: str | None, seed: int | None = None
+    ) -> list:
+        """A ketos command line; `device=None` for subcommands that take no device (4.x compile).
+        The seed is a top-level option in every version."""
+        head = ["ketos"] + (["--seed", str(seed)] if seed is not None else [])
         if self.global_device:
-            head = (
-                ["ketos"]
-                + (["-d", device] if device else [])
-                + ["--workers", CPUS, "--threads", CPUS]
-            )
+            head += (["-d", device] if device else []) + ["--workers", CPUS, "--threads", CPUS]
             return head + [subcommand] + args
         tail = (["-d", device] if device else []) + ["--workers", CPUS]
-        return ["ketos", subcommand] + tail + args
+        return head + [subcommand] + tail + args
 
     def output_args(self, out_dir: str) -> list:
         if self.output_is_folder:
@@ -164,7 +164,7 @@ def train_step(
     if params.pad is not None:
         args += ["--pad", str(params.pad)]
     args += ["-e", val_list, train_arrow]
-    return dialect.ketos("train", args, device)
+    return dialect.ketos("train", args, device, params.seed)
 
 
 def test_step(dialect: Dialect, test_arrow: str, device: str) -> list:
@@ -186,7 +186,7 @@ def segtrain_step(
         + _train_common(params, base, out_dir, dialect)
         + ["-t", train_list, "-e", val_list]
     )
-    return dialect.ketos("segtrain", args, device)
+    return dialect.ketos("segtrain", args, device, params.seed)
 
 
 def resume_step(dialect: Dialect, step: list) -> list | None:

@@ -37,6 +37,7 @@ class TrainParams:
     pad: int | None = None  # transcription only: padding around lines (--pad)
     resize: str = "new"  # codec/output layer when the alphabet differs from the base
     batch_size: int | None = None
+    seed: int | None = None  # ketos --seed (top-level): reproducible initialisation and order
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,10 @@ def validate_params(params: TrainParams, where: str) -> TrainParams:
     for name in ("epochs", "min_epochs", "lag"):
         if not isinstance(getattr(params, name), int) or getattr(params, name) < 1:
             raise ConfigError(f"{where}: {name} must be a whole number ≥ 1")
+    if params.seed is not None and (
+        not isinstance(params.seed, int) or isinstance(params.seed, bool) or params.seed < 0
+    ):
+        raise ConfigError(f"{where}: seed must be a whole number ≥ 0, or null")
     if not isinstance(params.learning_rate, (int, float)) or params.learning_rate <= 0:
         raise ConfigError(f"{where}: learning_rate must be a positive number")
     return params

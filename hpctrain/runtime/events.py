@@ -65,6 +65,19 @@ class Progress:
     checkpoint: str | None = None
     checkpoint_epoch: int | None = None
     starts: int = 0  # more than one: the job was requeued and restarted
+    epoch_seconds: float | None = None  # mean time an epoch takes in this run, for the ETA
+    _clock: tuple | None = field(default=None, repr=False)  # (time, epoch) the mean counts from
+    _step_at: float | None = field(default=None, repr=False)
+
+    def time_epoch(self, at: float | None, epoch: int | None) -> None:
+        """Fold one epoch's end into the mean epoch time (from the step's start or run's start)."""
+        if at is None or epoch is None:
+            return
+        if self._clock is None:
+            self._clock = (self._step_at or self.started or at, epoch - 1)
+        since, first = self._clock
+        if epoch > first and at >= since:
+            self.epoch_seconds = round((at - since) / (epoch - first), 3)
 
 
 def summarize(events: Iterator[dict]) -> Progress:
@@ -75,10 +88,13 @@ def summarize(events: Iterator[dict]) -> Progress:
             progress.state, progress.started = "RUNNING", event.get("t")
             progress.ended = progress.exit_code = progress.error = None
             progress.starts += 1
+            progress._clock = progress._step_at = None
         elif kind == "step":
-            progress.step = event.get("step")
+            progress.step, progress._step_at = event.get("step"), event.get("t")
+            progress._clock = None
         elif kind in ("epoch", "metrics"):
             progress.epoch = event.get("epoch", progress.epoch)
+            progress.time_epoch(event.get("t"), event.get("epoch"))
             progress.total_epochs = event.get("total", progress.total_epochs)
             progress.metrics = event.get("metrics") or {
                 k: v

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import time
 
 import pytest
 from click.testing import CliRunner
-from helpers import Cli, load_with_kraken, sample_gt, set_project, ssh_workspace
+from helpers import Cli, in_terminal, load_with_kraken, sample_gt, set_project, ssh_workspace
 
 from hpctrain.cli import main
 
@@ -37,9 +38,23 @@ def base_model(tmp_path_factory) -> str:
     assert cli("push", "Old").exit_code == 0
     set_project(ws, "Old", transcription=FAST)
     job = json.loads(cli("submit", "transcription", "--no-base", "--json").stdout)["job"]
-    assert cli("wait", str(job["id"]), "--timeout", "600").exit_code == 0
+    code, shown = in_terminal(ws, "wait", str(job["id"]), "--timeout", "600")
+    assert code == 0, shown
+    check_live_line(shown, job["id"])
+    code, shown = in_terminal(ws, "logs", "-f", str(job["id"]))
+    assert code == 0 and '"step": "train"' in shown, shown  # the raw log, then the live line
+    check_live_line(shown, job["id"])
     fetched = json.loads(cli("fetch", str(job["id"]), "--json").stdout)
     return str(ws / fetched["model"])
+
+
+def check_live_line(shown: str, job_id: int) -> None:
+    """In a terminal, `wait` and `logs -f` rewrite one progress line in place, ending with the
+    job's final state, its best metric, the epoch of the best and the time it took."""
+    final = shown.rstrip("\r\n").rsplit("\r\x1b[K", 1)[-1]
+    assert "\r\x1b[K" in shown and final.startswith(f"job {job_id} COMPLETED"), shown
+    assert re.search(r"best val_accuracy [0-9.]+ \(epoch [12]\)", final), final
+    assert re.search(r"\d+:\d\d:\d\d elapsed", final), final
 
 
 def sha256(path) -> str:

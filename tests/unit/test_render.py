@@ -21,7 +21,7 @@ from hpctrain.core.errors import ConfigError, TemplateError
 from hpctrain.core.layout import compiled_dir_name, job_dir_name
 from hpctrain.jobs.build import kraken_script
 from hpctrain.jobs.kraken import dialect_for
-from hpctrain.jobs.requests import JobRequest, Resources, Split, TrainParams
+from hpctrain.jobs.requests import JobRequest, Resources, Split, TrainParams, validate_params
 from hpctrain.jobs.shell import shell_quote
 from hpctrain.jobs.split import split_pages
 
@@ -206,6 +206,28 @@ def test_hostile_values_reach_the_script_only_quoted():
     script = rendered(request(base_path=hostile), "7.1.1")
     train = next(line for line in ketos_lines(script) if "train" in line and "-i" in line)
     assert train[train.index("-i") + 1] == hostile
+
+
+@pytest.mark.parametrize("version", ["4.3.13", "7.1.1"])
+@pytest.mark.parametrize("kind, base", [("transcription", "tridis_v2"), ("segmentation", None)])
+def test_a_seed_is_a_top_level_option_of_the_training_steps(version, kind, base):
+    options = json.loads((FIXTURES / f"ketos-options-{version}.json").read_text())
+    seeded = request(kind, base)
+    seeded = replace(seeded, params=replace(seeded.params, seed=7))
+    for argv in ketos_lines(rendered(seeded, version)):
+        top, sub, _ = split_command(argv, options)
+        if sub in ("train", "segtrain"):
+            assert argv[1:3] == ["--seed", "7"] and "--seed" in options["ketos"]
+        else:
+            assert "--seed" not in top
+    unseeded = ketos_lines(rendered(request(kind, base), version))
+    assert not any("--seed" in argv for argv in unseeded)
+
+
+@pytest.mark.parametrize("seed", [-1, True, 1.5, "7"])
+def test_a_seed_must_be_a_whole_number(seed):
+    with pytest.raises(ConfigError, match="seed must be a whole number"):
+        validate_params(TrainParams(seed=seed), "projects/P.yaml transcription")
 
 
 def test_resume_step_continues_the_same_training():
