@@ -54,6 +54,7 @@ class JobStatus:
     never_starts: bool = False  # the request cannot be met as it is: it will never start
     expected_start: str | None = None  # Slurm's estimate of when a PENDING job starts
     best_epoch: int | None = None
+    warnings: list = field(default_factory=list)  # damaged files of the job, one line each
 
     def to_json(self) -> dict:
         return asdict(self)
