@@ -92,6 +92,17 @@ def tree_snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     }
 
 
+def checksums(folder: Path) -> dict[str, str]:
+    """Every file under `folder` with its SHA-256: to prove a command changed no byte."""
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
 def set_project(workspace: Path, name: str, **sections) -> None:
     path = workspace / "projects" / f"{name}.yaml"
     data = yaml.safe_load(path.read_text())

@@ -1,6 +1,7 @@
 """`hpctrain fetch`: a job's best model, with its provenance (model.json), events, log, script and
 split, back into models/finetuned/PROJECT/jobN/. Without a target: every finished job of the
-current project that is not here yet."""
+current project that is not here yet; a job that cannot be fetched (damaged or unreadable
+files) is a warning, and the others are still fetched."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from ..backends import connect
 from ..cluster import provenance
 from ..cluster.api import JobStatus, inside_job
 from ..core.config import Workspace
-from ..core.errors import TransportError
+from ..core.errors import HpctrainError, TransportError
 from ..core.files import write_text
 from .projects import current_project
 
@@ -30,6 +31,7 @@ class FetchReport:
     results: list[FetchResult]
     project: str | None = None          # the project whose unfetched jobs were looked for
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # damaged files, jobs not fetched
 
 
 def destination_of(workspace: Workspace, project: str, job_id: int) -> Path:
@@ -45,12 +47,25 @@ def fetch(workspace: Workspace, target: str | None = None) -> FetchReport:
     finished job of the current project that has not been fetched yet."""
     with connect(workspace) as transport:
         if target:
-            return FetchReport([_fetch_one(workspace, transport, target)])
+            result = _fetch_one(workspace, transport, target)
+            return FetchReport([result], warnings=job_warnings([result.job]))
         name, why = current_project(workspace)
-        todo = [job for job in transport.cluster.status(project=name)
-                if job.state == "COMPLETED" and job.best_model and not fetched(workspace, job)]
-        results = [_fetch_one(workspace, transport, str(job.id)) for job in todo]
-    return FetchReport(results, name, [f"project {name} ({why})"] if why else [])
+        jobs = transport.cluster.status(project=name)
+        report = FetchReport([], name, [f"project {name} ({why})"] if why else [],
+                             job_warnings(jobs))
+        for job in jobs:
+            if job.state != "COMPLETED" or not job.best_model or fetched(workspace, job):
+                continue
+            try:
+                report.results.append(_fetch_one(workspace, transport, str(job.id)))
+            except HpctrainError as e:
+                report.warnings.append(f"job {job.id}: not fetched: {e}")
+    return report
+
+
+def job_warnings(jobs: list[JobStatus]) -> list[str]:
+    """Each job's damaged-file warnings, one line each, naming the job."""
+    return [f"job {job.id}: {warning}" for job in jobs for warning in job.warnings]
 
 
 def _fetch_one(workspace: Workspace, transport, target: str) -> FetchResult:
@@ -58,6 +73,7 @@ def _fetch_one(workspace: Workspace, transport, target: str) -> FetchResult:
     job = plan.job
     destination = destination_of(workspace, job.project, job.id)
     result = FetchResult(job, destination)
+    record = None
     for remote, local_rel in plan.files:
         # Checked here too: what a cluster answers never writes outside the job's folder.
         inside_job(job, remote)
@@ -67,9 +83,11 @@ def _fetch_one(workspace: Workspace, transport, target: str) -> FetchResult:
         if remote == job.best_model:
             result.model = str(local.relative_to(workspace.path))
             record = provenance.complete(plan.provenance, local, remote)
-            write_text(destination / provenance.MODEL_JSON, json.dumps(record, indent=1) + "\n")
-            result.files.append(str((destination / provenance.MODEL_JSON)
-                                    .relative_to(workspace.path)))
+    if record is not None:
+        # Written last: a job with model.json here has all its files (see `fetched`).
+        write_text(destination / provenance.MODEL_JSON, json.dumps(record, indent=1) + "\n")
+        result.files.append(str((destination / provenance.MODEL_JSON)
+                                .relative_to(workspace.path)))
     return result
 
 
@@ -80,18 +98,28 @@ def _inside(destination: Path, rel: str) -> Path:
     return destination / rel
 
 
-def fetched_models(workspace: Workspace) -> list[dict]:
-    """Every model.json under models/finetuned/, newest job last; a damaged one is skipped."""
+def fetched_models(workspace: Workspace, warnings: list[str] | None = None) -> list[dict]:
+    """Every model.json under models/finetuned/, newest job last; a damaged one is skipped and
+    named in `warnings`."""
     found = []
     folder = workspace.path / "models" / "finetuned"
     for path in sorted(folder.glob(f"*/*/{provenance.MODEL_JSON}")):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
+            data = None
+        if not isinstance(data, dict):
+            if warnings is not None:
+                warnings.append(f"{path.relative_to(workspace.path)}: damaged (not a JSON "
+                                "object); skipped: fetch the job again to rewrite it")
             continue
         found.append({"job": data.get("job"), "project": data.get("project"),
-                      "kind": data.get("kind"), "best": data.get("best") or {},
-                      "test": data.get("test") or {},
+                      "kind": data.get("kind"), "best": _mapping(data.get("best")),
+                      "test": _mapping(data.get("test")),
                       "model": str(path.parent.relative_to(workspace.path) /
-                                   (data.get("model") or {}).get("file", "?"))})
+                                   str(_mapping(data.get("model")).get("file", "?")))})
     return found
+
+
+def _mapping(value) -> dict:
+    return value if isinstance(value, dict) else {}

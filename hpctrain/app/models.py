@@ -10,7 +10,7 @@ from ..cluster.api import MODEL_SUFFIXES
 from ..core.config import Workspace
 from ..core.errors import ConfigError, NotFoundError
 from ..core.names import check_name
-from .fetch import fetched_models
+from .fetch import fetched_models, job_warnings
 
 
 def push_model(workspace: Workspace, file: Path, name: str | None = None) -> dict:
@@ -29,7 +29,8 @@ def push_model(workspace: Workspace, file: Path, name: str | None = None) -> dic
 def list_models(workspace: Workspace) -> dict:
     with connect(workspace) as transport:
         base = transport.cluster.base_models()
-        done = [s for s in transport.cluster.status() if s.best_model]
+        everything = transport.cluster.status()
+    done = [s for s in everything if s.best_model]
     local = workspace.path / "models" / "finetuned"
     fetched = {p.parent.name + "/" + p.name for p in local.glob("*/*") if p.is_dir()}
     finetuned = [
@@ -45,4 +46,6 @@ def list_models(workspace: Workspace) -> dict:
         }
         for s in done
     ]
-    return {"base": base, "finetuned": finetuned, "here": fetched_models(workspace)}
+    warnings = job_warnings(everything)
+    here = fetched_models(workspace, warnings)
+    return {"base": base, "finetuned": finetuned, "here": here, "warnings": warnings}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .main import json_option, main, metric, print_json, size, workspace_of
+from .main import json_option, main, metric, print_json, size, warn, workspace_of
 
 
 @main.command()
@@ -141,6 +141,7 @@ def models_list(ctx, as_json):
     result = list_models(workspace_of(ctx))
     if as_json:
         print_json(result)
+        warn(result["warnings"])
         return
     click.echo("Base models:")
     click.echo(
@@ -175,3 +176,4 @@ def models_list(ctx, as_json):
              if "char_accuracy" in m["test"] else "", m["model"]] for m in result["here"]]
     click.echo(tabulate(here, headers=["job", "project", "kind", "best", "test", "model"])
                if here else "  (none)")
+    warn(result["warnings"])

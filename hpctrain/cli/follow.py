@@ -8,7 +8,7 @@ import sys
 import click
 
 from ..core.errors import HpctrainError
-from .main import json_option, main, metric, print_json, workspace_of
+from .main import json_option, main, metric, print_json, warn, workspace_of
 
 
 # -- following jobs -----------------------------------------------------------------------
@@ -46,6 +46,7 @@ def status(ctx, job_ids, project_name, as_json):
     rows = get_status(workspace_of(ctx), [check_job_id(j) for j in job_ids] or None, project_name)
     if as_json:
         print_json([r.to_json() for r in rows])
+        warn(_warnings(rows))
         return
     if not rows:
         click.echo("no jobs yet: 'hpctrain submit --help' shows how to start one")
@@ -77,6 +78,12 @@ def status(ctx, job_ids, project_name, as_json):
             click.echo(f"job {r.id}: {_why_waiting(r)}")
         for message in r.alerts:
             click.echo(f"job {r.id}: ALERT {message}")
+    warn(_warnings(rows))  # after the table: the other jobs' rows are whole
+
+
+def _warnings(rows) -> list[str]:
+    """Each job's damaged files, one line each: the other jobs' rows are shown all the same."""
+    return [f"job {r.id}: {warning}" for r in rows for warning in r.warnings]
 
 
 def _why_waiting(row) -> str:
@@ -139,7 +146,13 @@ def wait(ctx, job_id, timeout, as_json):
 
     live = LiveLine() if not as_json and sys.stdout.isatty() else None
     last = row = None
+    warned = set()
     for row in watch(workspace_of(ctx), check_job_id(job_id), timeout):
+        new = [w for w in _warnings([row]) if w not in warned]
+        if new and live:
+            live.clear()
+        warn(new)
+        warned.update(new)
         if live:
             live.show(row)
             continue
@@ -228,6 +241,7 @@ def cancel(ctx, job_id, as_json):
     from ..core.names import check_job_id
 
     row = do_cancel(workspace_of(ctx), check_job_id(job_id))
+    warn(_warnings([row]))
     if as_json:
         print_json(row.to_json())
     else:

@@ -43,6 +43,12 @@ def print_json(data) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
+def warn(lines) -> None:
+    """Warnings the library returned as data (damaged files): one stderr line each."""
+    for line in lines:
+        click.echo(f"hpctrain: warning: {line}", err=True)
+
+
 def size(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .main import json_option, main, metric, print_json, size, workspace_of
+from .main import json_option, main, metric, print_json, size, warn, workspace_of
 
 
 @main.command()
@@ -30,18 +30,22 @@ def fetch(ctx, target, as_json):
         click.echo(note, err=True)
     if as_json:
         found = [_fetched_json(r) for r in report.results]
-        print_json(found[0] if target else {"project": report.project, "fetched": found})
-        return
-    if not report.results:
+        print_json(found[0] if target else {"project": report.project, "fetched": found,
+                                            "warnings": report.warnings})
+    elif not report.results and report.warnings:
+        click.echo("nothing fetched: see the warnings below")
+    elif not report.results:
         click.echo(f"nothing new to fetch: every finished job of {report.project} is already in "
                    "models/finetuned/ (hpctrain fetch JOB fetches one again)")
-        return
-    from tabulate import tabulate
+    else:
+        from tabulate import tabulate
 
-    rows = [[r.job.id, r.job.project, r.model or "", metric(r.job.best_metric, r.job.best_value),
-             _test(r.job), str(r.destination.relative_to(workspace_of(ctx).path))]
-            for r in report.results]
-    click.echo(tabulate(rows, headers=["job", "project", "model", "best", "test", "where"]))
+        rows = [[r.job.id, r.job.project, r.model or "",
+                 metric(r.job.best_metric, r.job.best_value), _test(r.job),
+                 str(r.destination.relative_to(workspace_of(ctx).path))]
+                for r in report.results]
+        click.echo(tabulate(rows, headers=["job", "project", "model", "best", "test", "where"]))
+    warn(report.warnings)
 
 
 def _fetched_json(result) -> dict:

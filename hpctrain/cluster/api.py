@@ -56,6 +56,7 @@ class JobStatus:
     best_epoch: int | None = None
     epoch_seconds: float | None = None  # mean time an epoch takes, for the estimate of time left
     metrics: dict = field(default_factory=dict)  # the latest epoch's metrics
+    warnings: list = field(default_factory=list)  # damaged files of the job, one line each
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -7,6 +7,7 @@ operations run through `hpctrain cluster-call` over SSH (backends/rpc.py). Nothi
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import replace
@@ -33,6 +34,7 @@ from ..jobs.groundtruth import is_junk
 from ..jobs.requests import JobRequest, TorchrunRequest, recorded
 from ..jobs.split import split_pages
 from ..runtime import events
+from ..runtime.runner import read_settings
 from . import provenance
 from .api import MODEL_SUFFIXES, FetchPlan, JobStatus, Submission, inside_job
 from .registry import JobRecord, JobState, Registry
@@ -244,13 +246,43 @@ class ClusterSide:
             )
             rows = []
             for record in records:
-                progress = events.summarize(events.read(self.root / record.job_dir / EVENTS))
+                progress, damage, warnings = self._read_job(record)
                 live = live_states.get(record.scheduler_id)
                 state = _state(record, progress, live.state if live else None)
                 if state != record.state:
                     registry.update(record.id, state=state)
-                rows.append(_row(record, state, progress, live))
+                row = _row(record, state, progress, live)
+                damaged = damage.warning(f"{record.job_dir}/{EVENTS}", state.final)
+                row.warnings = ([damaged] if damaged else []) + warnings
+                rows.append(row)
             return rows
+
+    def _read_job(self, record: JobRecord) -> tuple[events.Progress, events.Damage, list[str]]:
+        """A job's progress from its events, and what its folder's damage costs: a missing or
+        unreadable folder, damaged event lines, a damaged job.json. Never raises for them: one
+        job's damaged files never stop a command about the others."""
+        job_dir, damage = self.root / record.job_dir, events.Damage()
+        try:
+            names = set(os.listdir(job_dir))
+        except FileNotFoundError:
+            if record.state == JobState.SUBMITTING:  # its folder is being written
+                return events.Progress(), damage, []
+            return events.Progress(), damage, [
+                f"{record.job_dir}: the job's folder is missing (moved or deleted); "
+                "its progress is unknown"]
+        except OSError as e:
+            return events.Progress(), damage, [
+                f"{record.job_dir}: the job's folder cannot be read "
+                f"({e.strerror or type(e).__name__}); its progress is unknown"]
+        progress = events.summarize(events.read(job_dir / EVENTS, damage))
+        warnings = []
+        if SETTINGS in names:
+            try:
+                read_settings(job_dir)
+            except ValueError as e:
+                warnings.append(f"{record.job_dir}/{SETTINGS} {e}: the job cannot start again "
+                                "(a requeue would fail)")
+        return progress, damage, warnings
 
     def job(self, job_id: int) -> JobStatus:
         return self.status([int(job_id)])[0]
@@ -266,6 +298,11 @@ class ClusterSide:
                 data = handle.read(LOG_CHUNK)
         except FileNotFoundError:
             return "", offset
+        except OSError as e:
+            raise HpctrainError(
+                f"{record.job_dir}/{LOG} cannot be read ({e.strerror or type(e).__name__}): "
+                "check the job folder's permissions on the cluster"
+            ) from e
         if len(data) == LOG_CHUNK and b"\n" in data:
             data = data[: data.rindex(b"\n") + 1]
         return data.decode("utf-8", errors="replace"), offset + len(data)

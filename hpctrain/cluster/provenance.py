@@ -33,9 +33,10 @@ def of_job(root: Path, record: JobRecord, job: JobStatus, progress: Progress) ->
     split = {}
     for part in SPLIT_PARTS:
         path = root / record.job_dir / split_file(part)
-        if path.is_file():
-            split[part] = {"pages": len(path.read_text(encoding="utf-8").split()),
-                           "sha256": sha256_file(path)}
+        try:  # one page path a line; a damaged or unreadable list is left out, never fatal
+            split[part] = {"pages": len(path.read_bytes().split()), "sha256": sha256_file(path)}
+        except OSError:
+            continue
     return {
         "format": MODEL_JSON_VERSION,
         "job": record.id, "kind": record.kind, "project": record.project,

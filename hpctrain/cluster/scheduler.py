@@ -17,20 +17,16 @@ from typing import Protocol
 from ..core.config import STATE_FOLDER
 from ..core.errors import ConfigError, SchedulerError
 from ..core.layout import EVENTS, SCRIPT, SUBMITIT_DIR
+from ..jobs.requests import slurm_time
 from .registry import JobState
 
 
 def time_to_minutes(text: str) -> float:
-    """Slurm time formats: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS."""
-    days, _, rest = text.rpartition("-")
-    parts = [int(p) for p in rest.split(":")]
-    if days:
-        hours, minutes, seconds = (parts + [0, 0])[:3]
-    elif len(parts) == 3:
-        hours, minutes, seconds = parts
-    else:
-        hours, minutes, seconds = 0, parts[0], (parts[1] if len(parts) > 1 else 0)
-    return int(days or 0) * 1440 + hours * 60 + minutes + seconds / 60
+    """A Slurm time limit (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) in minutes."""
+    seconds = slurm_time(text)
+    if seconds is None:
+        raise SchedulerError(f"time {text!r} is not a Slurm time: see 'hpctrain submit --help'")
+    return seconds / 60
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Ground-truth validation: which pages are usable, and one line per problem file.
 
 XML is read with expat and any DOCTYPE is refused, so entity expansion and external
-entities can never be triggered by a hostile file.
+entities can never be triggered by a hostile file. Each page's image must be an image: its
+header is read (images.py), never the whole picture.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import os
 import xml.parsers.expat
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .images import check_image
 
 PAGE_NS_PREFIX = "http://schema.primaresearch.org/PAGE/gts/pagecontent/"
 ALTO_NS_PREFIX = "http://www.loc.gov/standards/alto/"
@@ -199,13 +202,20 @@ def validate(folder: Path, fmt: str = "page", need_split: bool = True) -> Report
         return report
     xmls, images, report.skipped, report.problems = scan(folder)
     report.xml_count, report.image_count = len(xmls), len(images)
+    image_problems: dict[str, str | None] = {}  # each image is checked (and named) once
     for rel in xmls:
         page, problem = check_page(folder, rel, fmt)
-        if page:
-            report.pages.append(page)
-        else:
+        if page is None:
             report.problems.append(problem)
-    used = {p.image for p in report.pages}
+            continue
+        if page.image not in image_problems:
+            problem, note = check_image(folder, page.image)
+            image_problems[page.image] = problem
+            report.problems += [problem] if problem else []
+            report.notes += [note] if note else []
+        if image_problems[page.image] is None:
+            report.pages.append(page)
+    used = {p.image for p in report.pages} | set(image_problems)
     for rel in images:
         if rel not in used:
             report.notes.append(f"{rel}: image without a page XML; it will not be pushed")

@@ -12,8 +12,12 @@ from typing import Any
 
 from ..core.errors import ConfigError
 
-_TIME = re.compile(r"(\d+-)?\d{1,3}(:\d{2}){0,2}")
-_MEM = re.compile(r"\d+[KMGT]?")
+# Slurm's time formats (sbatch --time); the parts are checked for meaning in slurm_time().
+_TIME = re.compile(r"(?:(\d{1,4})-)?(\d{1,6})(?::(\d{1,2}))?(?::(\d{1,2}))?", re.ASCII)
+MAX_DAYS = 10000
+TIME_FORMATS = ("minutes, minutes:seconds, hours:minutes:seconds, days-hours, days-hours:minutes "
+                "or days-hours:minutes:seconds")
+_MEM = re.compile(r"(\d{1,12})([KMGT]?)", re.ASCII)
 # kraken's VGSL spec grammar uses brackets, letters, digits, commas, dots, parentheses and spaces.
 _SPEC = re.compile(r"\[[0-9A-Za-z,.:()\s\-{}/+]*\]")
 _SLURM_WORD = re.compile(r"[A-Za-z0-9_.,&|\-]+")
@@ -142,14 +146,42 @@ def recorded(request: JobRequest | TorchrunRequest) -> dict:
 
 
 # -- validation ----------------------------------------------------------------------------
+def slurm_time(text: str) -> int | None:
+    """The seconds of a Slurm time limit, or None if it is not one. The first part may be as
+    large as it likes (90 minutes, 48:00:00); the others are clock parts: minutes and seconds
+    under 60, hours under 24 after days. More than 0 (0 is no limit at all to Slurm)."""
+    match = _TIME.fullmatch(text)
+    if not match:
+        return None
+    days, first, second, third = (int(g) if g is not None else None for g in match.groups())
+    if days is not None:  # days-hours[:minutes[:seconds]]
+        hours, minutes, seconds = first, second or 0, third or 0
+        clock_minutes = hours < 24
+    elif third is not None:  # hours:minutes:seconds
+        hours, minutes, seconds, clock_minutes = first, second, third, True
+    else:  # minutes[:seconds]
+        hours, minutes, seconds, clock_minutes = 0, first, second or 0, False
+    if seconds > 59 or (clock_minutes and minutes > 59) or (days is not None and hours > 23):
+        return None
+    total = (((days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
+    return total if 0 < total < MAX_DAYS * 86400 else None
+
+
 def validate_resources(res: Resources, where: str) -> Resources:
-    """Refuse resource values that would break or inject into an sbatch directive."""
-    if not _TIME.fullmatch(str(res.time)):
+    """Refuse resource values that would break or inject into an sbatch directive, or that
+    Slurm would read as something else than meant (99:99:99, 0G)."""
+    if slurm_time(str(res.time)) is None:
         raise ConfigError(
-            f"{where}: time {res.time!r} is not a Slurm time such as 05:00:00 or 1-00:00:00"
+            f"{where}: time {res.time!r} is not a Slurm time: use {TIME_FORMATS}; minutes and "
+            f"seconds under 60, hours under 24 after days, more than 0 and under {MAX_DAYS} "
+            "days (e.g. 05:00:00, 90, 1-12:00:00)"
         )
-    if res.mem is not None and not _MEM.fullmatch(str(res.mem)):
-        raise ConfigError(f"{where}: mem {res.mem!r} is not a Slurm size such as 32G")
+    mem = _MEM.fullmatch(str(res.mem)) if res.mem is not None else None
+    if res.mem is not None and (not mem or int(mem.group(1)) == 0):
+        raise ConfigError(
+            f"{where}: mem {res.mem!r} is not a Slurm size: a whole number above 0 with an "
+            "optional K, M, G or T suffix (e.g. 32G, 500M; megabytes without one)"
+        )
     for name in ("nodes", "gpus", "cpus"):
         value, least = getattr(res, name), 0 if name == "gpus" else 1
         if not isinstance(value, int) or isinstance(value, bool) or value < least:

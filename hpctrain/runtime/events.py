@@ -3,6 +3,10 @@
 One JSON object per line, each with `t` (Unix time) and `event`. Writers append whole lines
 and flush; readers ignore a last line that has no newline yet, so a reader never mistakes a
 half-written line for an error. Each `start` event carries the format version (`format`).
+
+A damaged file never stops a reader: a line that is not UTF-8, not a JSON object, or longer
+than MAX_LINE (read in bounded pieces, never whole) is skipped and noted in a `Damage`, and an
+unreadable file reads as no events; the caller turns the `Damage` into one warning line.
 """
 
 from __future__ import annotations
@@ -22,22 +26,99 @@ def append(handle: IO[str], event: dict) -> None:
     handle.flush()
 
 
-def read(path: Path) -> Iterator[dict]:
-    """Complete event lines of `path`; a missing file has none."""
+MAX_LINE = 1 << 20  # bytes; an event line longer than this is damage, skipped unread
+_SKIP_PIECE = 1 << 16  # how an over-long line is skipped: this much at a time
+
+
+@dataclass
+class Damage:
+    """What reading one events file had to leave out; filled while `read` iterates."""
+
+    skipped: int = 0  # damaged lines skipped
+    examples: list[str] = field(default_factory=list)  # the first few: "line 4: not UTF-8"
+    cut: bool = False  # the last line has no newline: still being written, or cut short
+    unreadable: str | None = None  # why the file could not be read (it then has no events)
+
+    def skip(self, number: int, why: str) -> None:
+        self.skipped += 1
+        if len(self.examples) < 3:
+            self.examples.append(f"line {number}: {why}")
+
+    def warning(self, name: str, finished: bool) -> str | None:
+        """One line naming the file, or None if nothing was lost. A cut last line is damage only
+        once the job has `finished` (before, it is a line being written)."""
+        if self.unreadable:
+            return f"{name}: cannot be read ({self.unreadable}); the job's progress is unknown"
+        parts = []
+        if self.skipped:
+            more = ", ..." if self.skipped > len(self.examples) else ""
+            parts.append(f"{self.skipped} damaged line(s) skipped "
+                         f"({', '.join(self.examples)}{more})")
+        if self.cut and finished:
+            parts.append("its last line is cut short and was skipped")
+        return f"{name}: {'; '.join(parts)}" if parts else None
+
+
+def read(path: Path, damage: Damage | None = None) -> Iterator[dict]:
+    """Complete event lines of `path`; a missing file has none. What had to be skipped goes
+    into `damage`; nothing here raises for a damaged or unreadable file."""
+    damage = damage if damage is not None else Damage()
     try:
-        handle = open(path, encoding="utf-8")
+        handle = open(path, "rb")
     except FileNotFoundError:
         return
+    except OSError as e:
+        damage.unreadable = e.strerror or type(e).__name__
+        return
     with handle:
-        for line in handle:
-            if not line.endswith("\n"):
-                return  # still being written
+        number = 0
+        while True:
             try:
-                event = json.loads(line)
-            except ValueError:
+                line = handle.readline(MAX_LINE + 1)
+            except OSError as e:
+                damage.unreadable = e.strerror or type(e).__name__
+                return
+            if not line:
+                return
+            number += 1
+            if not line.endswith(b"\n"):
+                if len(line) <= MAX_LINE:
+                    damage.cut = True  # still being written, or cut short
+                    return
+                damage.skip(number, f"longer than {MAX_LINE >> 20} MiB")
+                if not _skip_rest_of_line(handle):
+                    return
                 continue
+            event = _event(line)
             if isinstance(event, dict):
                 yield event
+            elif event is not None:
+                damage.skip(number, event)
+
+
+def _event(line: bytes) -> dict | str | None:
+    """The event of one line; a blank line is None; a damaged one says why (a str)."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not UTF-8"
+    if not text.strip():
+        return None
+    try:
+        event = json.loads(text)
+    except ValueError:
+        return "not JSON"
+    return event if isinstance(event, dict) else "not a JSON object"
+
+
+def _skip_rest_of_line(handle: IO[bytes]) -> bool:
+    """Read past the end of an over-long line, a piece at a time; False at the end of the file."""
+    while True:
+        piece = handle.readline(_SKIP_PIECE)
+        if not piece:
+            return False
+        if piece.endswith(b"\n"):
+            return True
 
 
 @dataclass

@@ -39,17 +39,49 @@ def find_best_model(job_dir: Path, reported: str | None) -> str | None:
     return None
 
 
-def _parser(job_dir: Path) -> LogParser:
-    """A log parser with the job's chosen metric and alerts (job.json, written at submission)."""
+MAX_SETTINGS = 1 << 20  # bytes; job.json is a few hundred
+
+
+def read_settings(job_dir: Path) -> dict:
+    """job.json, written at submission: the metric to monitor and the alerts. A missing file is
+    no settings; a damaged one raises ValueError saying what is wrong."""
     import json
 
+    try:
+        with open(job_dir / SETTINGS, "rb") as handle:
+            data = handle.read(MAX_SETTINGS + 1)
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        raise ValueError(f"cannot be read ({e.strerror or type(e).__name__})") from e
+    if len(data) > MAX_SETTINGS:
+        raise ValueError(f"damaged (larger than {MAX_SETTINGS >> 20} MiB)")
+    try:
+        settings = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError("damaged (not UTF-8)") from None
+    except ValueError as e:
+        raise ValueError(f"damaged (not JSON: {e.msg} at line {e.lineno})") from None
+    if not isinstance(settings, dict):
+        raise ValueError("damaged (not a JSON object)")
+    monitor, alerts = settings.get("monitor"), settings.get("alerts", [])
+    if not (monitor is None or isinstance(monitor, str)) or not (
+        isinstance(alerts, list) and all(isinstance(a, dict) for a in alerts)
+    ):
+        raise ValueError("damaged ('monitor' must be a name, 'alerts' a list of objects)")
+    return settings
+
+
+def _parser(job_dir: Path) -> LogParser:
+    """A log parser with the job's chosen metric and alerts (job.json, written at submission)."""
     from .alerts import Alert
 
+    settings = read_settings(job_dir)
     try:
-        settings = json.loads((job_dir / SETTINGS).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        settings = {}
-    return LogParser(settings.get("monitor"), [Alert(**a) for a in settings.get("alerts", [])])
+        alerts = [Alert(**a) for a in settings.get("alerts", [])]
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"damaged (an alert is not valid: {e})") from None
+    return LogParser(settings.get("monitor"), alerts)
 
 
 class JobRunner:
@@ -109,7 +141,10 @@ class JobRunner:
         # a job's `module load` or venv activation still prepends its own.
         path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
         env = dict(os.environ, PATH=path, COLUMNS="250", PYTHONUNBUFFERED="1")
-        parser = _parser(job_dir)
+        try:
+            parser, settings_error = _parser(job_dir), None
+        except ValueError as e:
+            parser, settings_error = None, f"{SETTINGS} {e}: submit the job again"
         # A requeued job may not beat, after its restart, the best model it reported before it.
         reported_model = next(
             (
@@ -127,6 +162,9 @@ class JobRunner:
                 sink,
                 {"event": "start", "host": socket.gethostname(), "format": events.EVENTS_VERSION},
             )
+            if settings_error:
+                events.append(sink, {"event": "end", "exit_code": 1, "error": settings_error})
+                raise JobFailed(settings_error)
             process = subprocess.Popen(
                 ["bash", str(job_dir / SCRIPT)],
                 cwd=job_dir,

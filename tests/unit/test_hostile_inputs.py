@@ -54,6 +54,13 @@ def xml_link_outside(ws: Path, tmp: Path) -> None:
     (ws / "ground_truth" / "Demo" / "zz-link.xml").symlink_to(tmp / "outside.xml")
 
 
+def image_bytes(data: bytes):
+    def setup(ws: Path, tmp: Path) -> None:
+        (ws / "ground_truth" / "Demo" / "page001.png").write_bytes(data)
+
+    return setup
+
+
 def project_value(key: str, value):
     def setup(ws: Path, tmp: Path) -> None:
         import yaml
@@ -177,6 +184,13 @@ HOSTILE = [
         ["push", "Demo"],
         "points outside the ground-truth folder",
     ),
+    (
+        "image is text renamed .png",
+        image_bytes(b"<html>404 Not Found</html>\n"),
+        ["push", "Demo"],
+        "page001.png: not an image (starts with text)",
+    ),
+    ("image empty", image_bytes(b""), ["push", "Demo"], "page001.png: empty file (0 bytes)"),
     # paths
     ("image symlink out", image_link_outside, ["push", "Demo"], "outside the ground-truth folder"),
     ("xml symlink out", xml_link_outside, ["push", "Demo"], "symbolic link pointing outside"),
@@ -189,6 +203,13 @@ HOSTILE = [
         ["submit", "transcription", "Demo", "--time", "05:00:00\n#SBATCH --uid=0"],
         "is not a Slurm time",
     ),
+    (
+        "time 99:99:99",
+        None,
+        ["submit", "transcription", "Demo", "--time", "99:99:99"],
+        "is not a Slurm time",
+    ),
+    ("mem 0G", None, ["submit", "segmentation", "Demo", "--mem", "0G"], "is not a Slurm size"),
     (
         "partition injection",
         None,

@@ -142,7 +142,8 @@ def test_fetch_with_nothing_finished_says_so(cli, workspace):
     assert cli("push", "Projet_A").exit_code == 0
     result = cli("fetch")
     assert result.exit_code == 0 and "nothing new to fetch" in result.stdout
-    assert json.loads(cli("fetch", "--json").stdout) == {"project": "Projet_A", "fetched": []}
+    assert json.loads(cli("fetch", "--json").stdout) == {"project": "Projet_A", "fetched": [],
+                                                         "warnings": []}
 
 
 def test_submit_returns_at_once_with_its_output_in_a_pipe(cli, workspace, tmp_path):
