@@ -18,7 +18,8 @@ cd WS/cluster/Repertoire_model_finetune/trainer/job1-torchrun
 
 # One torchrun per node; they meet at a c10d rendezvous on the first node of the allocation.
 NNODES="$SLURM_JOB_NUM_NODES"
-HEAD_NODE="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
+# sed, not head: head may exit before scontrol has written all, and pipefail would end the job.
+HEAD_NODE="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)"
 # The address Slurm itself reaches that node at (node names need not resolve everywhere).
 HEAD_ADDR="$(scontrol show node "$HEAD_NODE" -o | sed -n 's/.* NodeAddr=\([^ ]*\).*/\1/p')"
 HEAD_NODE="${HEAD_ADDR:-$HEAD_NODE}"
