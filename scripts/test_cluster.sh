@@ -111,6 +111,8 @@ AccountingStorageHost=localhost
 MpiDefault=none
 MinJobAge=60
 KillWait=5
+# A node that stops answering is declared DOWN after 20 s (default 300), for the node-death test.
+SlurmdTimeout=20
 NodeName=$host CPUs=$cpus RealMemory=$memory State=UNKNOWN
 PartitionName=publicgpu Nodes=$host Default=YES MaxTime=INFINITE State=UP
 # Two more slurmd on this machine, each on its own loopback port, for real multi-node jobs.

@@ -250,12 +250,32 @@ class ClusterSide:
                 live = live_states.get(record.scheduler_id)
                 state = _state(record, progress, live.state if live else None)
                 if state != record.state:
+                    if state.final:
+                        self._record_silent_end(record, state, progress, live)
                     registry.update(record.id, state=state)
                 row = _row(record, state, progress, live)
                 damaged = damage.warning(f"{record.job_dir}/{EVENTS}", state.final)
                 row.warnings = ([damaged] if damaged else []) + warnings
                 rows.append(row)
             return rows
+
+    def _record_silent_end(self, record: JobRecord, state: JobState,
+                           progress: events.Progress, live: Live | None) -> None:
+        """A job that ended without its runner saying so (killed, node failure, out of memory):
+        append the end, with the scheduler's word for it, to the job's events, once."""
+        if progress.ended is not None or not progress.started or state == JobState.CANCELLED:
+            return
+        said = live.said if live else None
+        why = SILENT_ENDS.get(said or "", "the job's runner stopped without reporting an end "
+                              "(killed, or its node failed)")
+        error = f"Slurm says {said}: {why}" if said in SILENT_ENDS else why
+        end = {"event": "end", "exit_code": None, "error": error, "scheduler_state": said}
+        try:
+            with open(self.root / record.job_dir / EVENTS, "a", encoding="utf-8") as sink:
+                events.append(sink, end)
+        except OSError:
+            pass  # the row still says it; only the record of it is lost
+        progress.error, progress.ended = error, time.time()
 
     def _read_job(self, record: JobRecord) -> tuple[events.Progress, events.Damage, list[str]]:
         """A job's progress from its events, and what its folder's damage costs: a missing or
@@ -401,6 +421,16 @@ def _state(
     if record.state == JobState.SUBMITTING:
         return record.state
     return JobState.FAILED  # the process is gone and never reported an end
+
+
+# Why a job ended although its runner never said so, by the scheduler's word for it.
+SILENT_ENDS = {
+    "NODE_FAIL": "the node the job ran on failed; submit it again (it was not requeued)",
+    "OUT_OF_MEMORY": "it ran out of memory; ask for more with --mem",
+    "BOOT_FAIL": "its node failed to start",
+    "TIMEOUT": "it reached its time limit; ask for more with --time",
+    "FAILED": "the job's runner was killed before it could report why",
+}
 
 
 # What a status row takes from the job's events as they are.

@@ -36,6 +36,7 @@ class Live:
     state: JobState
     reason: str | None = None          # Slurm's pending reason, as Slurm names it
     expected_start: str | None = None  # Slurm's estimate (ISO time), when it has one
+    said: str | None = None  # the scheduler's own word for the state, e.g. NODE_FAIL
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,14 @@ def _state(text: str) -> JobState:
     return SLURM_STATES.get(text.split()[0] if text else "", JobState.UNKNOWN)
 
 
+_REQUEUED_AFTER = ("NODE_FAIL", "PREEMPTED")  # accounting's word while Slurm may requeue it
+
+
+def _word(text: str) -> str | None:
+    """Slurm's state word: 'CANCELLED by 0' -> CANCELLED."""
+    return text.split()[0] if text.strip() else None
+
+
 def _fields(out: str, count: int = 2) -> list[list[str]]:
     rows = [line.strip().split("|") for line in out.splitlines() if line.strip()]
     return [row + [""] * (count - len(row)) for row in rows]
@@ -332,8 +341,11 @@ class SlurmScheduler:
         found = {sid: None for sid in scheduler_ids}
         for job_id, state, *_rest in _fields(out):
             if job_id in found:
-                found[job_id] = Live(_state(state))
-        if all(live and live.state != JobState.PENDING for live in found.values()):
+                found[job_id] = Live(_state(state), said=_word(state))
+        # A job whose node failed is NODE_FAIL in accounting while Slurm requeues it: only the
+        # queue tells which.
+        if all(live and live.state != JobState.PENDING and live.said not in _REQUEUED_AFTER
+               for live in found.values()):
             return found
         try:
             queue = _run(["squeue", "-h", "--me", "-o", "%i|%T|%r|%S"], "squeue (job states)")
@@ -345,7 +357,8 @@ class SlurmScheduler:
             if job_id in found:
                 waits = _state(state) == JobState.PENDING
                 found[job_id] = Live(_state(state), reason if waits and reason != "None" else None,
-                                     start if waits and start[:1].isdigit() else None)
+                                     start if waits and start[:1].isdigit() else None,
+                                     _word(state))
         return found
 
     def cancel(self, scheduler_id: str, job_dir: Path) -> None:

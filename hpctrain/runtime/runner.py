@@ -160,7 +160,8 @@ class JobRunner:
         ):
             events.append(
                 sink,
-                {"event": "start", "host": socket.gethostname(), "format": events.EVENTS_VERSION},
+                {"event": "start", "host": socket.gethostname(), "pid": os.getpid(),
+                 "format": events.EVENTS_VERSION},
             )
             if settings_error:
                 events.append(sink, {"event": "end", "exit_code": 1, "error": settings_error})

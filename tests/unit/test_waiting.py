@@ -83,6 +83,16 @@ def test_squeue_down_still_answers_from_accounting(slurm_stubs, tmp_path):
     assert found["5"].state == JobState.PENDING and found["5"].reason is None
 
 
+def test_a_node_failure_the_queue_still_holds_is_a_requeue_not_a_failure(slurm_stubs, tmp_path):
+    # What the test cluster showed: accounting says NODE_FAIL while Slurm requeues the job.
+    calls = slurm_stubs("5|NODE_FAIL\n6|NODE_FAIL\n7|COMPLETED", "5|PENDING|BeginTime|N/A")
+    found = SlurmScheduler(tmp_path).states(["5", "6", "7"])
+    assert calls() == ["sacct", "squeue"]
+    assert (found["5"].state, found["5"].reason) == (JobState.PENDING, "BeginTime")
+    assert (found["6"].state, found["6"].said) == (JobState.FAILED, "NODE_FAIL")  # not requeued
+    assert found["7"].said == "COMPLETED"
+
+
 # -- compiled data a requeued job may reuse ----------------------------------------------------
 def write_arrow(path, rows: int, recorded: int | None = None) -> None:
     pa = pytest.importorskip("pyarrow")
