@@ -19,7 +19,9 @@ CLUSTER_USER="${HPCTRAIN_TEST_USER:-hpcuser}"
 SSH_PORT="${HPCTRAIN_TEST_SSH_PORT:-2222}"
 KRAKEN_VENV="${HPCTRAIN_TEST_KRAKEN_VENV:-/opt/hpctrain-test-kraken}"
 MULTI_NODES="n[1-2]"
-PACKAGES=(slurm-wlm slurmdbd munge openssh-server mariadb-server rsync procps)
+PACKAGES=(slurm-wlm slurmdbd munge openssh-server mariadb-server rsync procps sshfs)
+# The second login node's view of the cluster home: the same home through a network filesystem.
+GLOGIN="${HPCTRAIN_TEST_GLOGIN:-/mnt/hpc-glogin}"
 DB_PASSWORD_FILE="$STATE/db-password"
 
 log() { printf '== %s\n' "$*"; }
@@ -181,6 +183,20 @@ make_kraken_venv() {
     chmod -R a+rX "$KRAKEN_VENV"
 }
 
+# A second login node ("hpc-glogin") reaches the users' home through a network filesystem, as
+# real sites share homes over NFS or GPFS: sshfs (FUSE) of the same home, with its default
+# attribute and directory caches, and allow_other so that hpcuser's processes can use it.
+mount_second_login() {
+    local home
+    home="$(getent passwd "$CLUSTER_USER" | cut -d: -f6)"
+    mkdir -p "$GLOGIN"
+    mountpoint -q "$GLOGIN" && return
+    sshfs -p "$SSH_PORT" -o IdentityFile="$STATE/client/id_ed25519" \
+        -o UserKnownHostsFile="$STATE/client/known_hosts" -o StrictHostKeyChecking=yes \
+        -o allow_other,reconnect,ServerAliveInterval=15 \
+        "$CLUSTER_USER@127.0.0.1:$home" "$GLOGIN"
+}
+
 write_env() {
     cat > "$STATE/env" <<EOF
 HPCTRAIN_TEST_HOST=127.0.0.1
@@ -190,6 +206,7 @@ HPCTRAIN_TEST_HOME=$(getent passwd "$CLUSTER_USER" | cut -d: -f6)
 HPCTRAIN_TEST_KEY=$STATE/client/id_ed25519
 HPCTRAIN_TEST_KNOWN_HOSTS=$STATE/client/known_hosts
 HPCTRAIN_TEST_KRAKEN_VENV=$KRAKEN_VENV
+HPCTRAIN_TEST_GLOGIN=$GLOGIN
 EOF
     chmod 644 "$STATE/env"
 }
@@ -204,12 +221,14 @@ up() {
     write_slurm_conf
     start_slurm
     start_sshd
+    mount_second_login
     make_kraken_venv
     write_env
     log "test cluster up: $(sinfo -h -o '%P %T %D node(s) %c CPUs' | paste -sd ',') | ssh $CLUSTER_USER@127.0.0.1 -p $SSH_PORT"
 }
 
 down() {
+    mountpoint -q "$GLOGIN" && { fusermount3 -u "$GLOGIN" || umount -l "$GLOGIN"; }
     for daemon in slurmd slurmctld slurmdbd; do pkill -x "$daemon" || true; done
     [ -f "$STATE/sshd.pid" ] && kill "$(cat "$STATE/sshd.pid")" 2>/dev/null || true
     mysqladmin shutdown 2>/dev/null || true
