@@ -36,7 +36,7 @@ from ..jobs.split import split_pages
 from ..runtime import events
 from ..runtime.runner import read_settings
 from . import provenance
-from .api import MODEL_SUFFIXES, FetchPlan, JobStatus, Submission, inside_job
+from .api import MODEL_SUFFIXES, FetchPlan, JobStatus, StatusReport, Submission, inside_job
 from .registry import JobRecord, JobState, Registry
 from .scheduler import Live, scheduler_for, waiting
 
@@ -235,16 +235,16 @@ class ClusterSide:
     # -- following ------------------------------------------------------------------------
     def status(
         self, job_ids: list[int] | None = None, project: str | None = None
-    ) -> list[JobStatus]:
+    ) -> StatusReport:
         with self.registry() as registry:
             records = [registry.get(i) for i in job_ids] if job_ids else registry.all(project)
+            report = StatusReport([])
             live = [r for r in records if not r.state.final and r.scheduler_id]
             live_states = (
                 scheduler_for(self.executor, self.root).states([r.scheduler_id for r in live])
                 if live
                 else {}
             )
-            rows = []
             for record in records:
                 progress, damage, warnings = self._read_job(record)
                 live = live_states.get(record.scheduler_id)
@@ -254,8 +254,8 @@ class ClusterSide:
                 row = _row(record, state, progress, live)
                 damaged = damage.warning(f"{record.job_dir}/{EVENTS}", state.final)
                 row.warnings = ([damaged] if damaged else []) + warnings
-                rows.append(row)
-            return rows
+                report.rows.append(row)
+            return report
 
     def _read_job(self, record: JobRecord) -> tuple[events.Progress, events.Damage, list[str]]:
         """A job's progress from its events, and what its folder's damage costs: a missing or
@@ -285,7 +285,7 @@ class ClusterSide:
         return progress, damage, warnings
 
     def job(self, job_id: int) -> JobStatus:
-        return self.status([int(job_id)])[0]
+        return self.status([int(job_id)]).rows[0]
 
     def read_log(self, job_id: int, offset: int = 0) -> tuple[str, int]:
         """Up to LOG_CHUNK bytes of the raw log from `offset`, cut at a line end; the new offset."""
@@ -345,7 +345,8 @@ class ClusterSide:
                 )
             return job
         check_name(target, "project name")
-        done = [s for s in self.status(project=target) if s.state == "COMPLETED" and s.best_model]
+        done = [s for s in self.status(project=target).rows
+                if s.state == "COMPLETED" and s.best_model]
         if not done:
             raise NotFoundError(
                 f"project {target!r} has no completed job with a model yet: see 'hpctrain status'"

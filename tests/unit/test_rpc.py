@@ -107,6 +107,8 @@ def comparable(result):
         return [comparable(r) for r in result]
     if hasattr(result, "elapsed"):
         return replace(result, elapsed=None)
+    if hasattr(result, "rows"):
+        return replace(result, rows=comparable(result.rows))
     if hasattr(result, "job") and hasattr(result, "files"):
         return replace(result, job=comparable(result.job))
     return result
