@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..core.config import STATE_FOLDER, Tree
-from ..core.errors import GroundTruthError, HpctrainError, NotFoundError
+from ..core.errors import GroundTruthError, HpctrainError, NotFoundError, RegistryError
 from ..core.files import write_text
 from ..core.layout import (
     CLEANABLE_GLOBS,
@@ -70,7 +70,7 @@ class ClusterSide:
                 (self.root / name).mkdir(parents=True)
                 created.append(name)
         (self.root / STATE_FOLDER).mkdir(exist_ok=True)
-        with Registry(self.registry_path):
+        with Registry(self.root):  # imports an earlier version's SQLite registry
             pass
         return created
 
@@ -79,11 +79,7 @@ class ClusterSide:
             raise HpctrainError(
                 f"the cluster tree under {self.root} is missing: run 'hpctrain init'"
             )
-        return Registry(self.registry_path)
-
-    @property
-    def registry_path(self) -> Path:
-        return self.root / STATE_FOLDER / "registry.sqlite"
+        return Registry(self.root)
 
     def job_dir_name(self, project: str, job_id: int, kind: str) -> str:
         return job_dir_name(self.tree.finetuned, project, job_id, kind)
@@ -236,9 +232,13 @@ class ClusterSide:
     def status(
         self, job_ids: list[int] | None = None, project: str | None = None
     ) -> StatusReport:
+        unreadable: list[str] = []  # damaged registry records: those jobs are left out
         with self.registry() as registry:
-            records = [registry.get(i) for i in job_ids] if job_ids else registry.all(project)
-            report = StatusReport([])
+            if job_ids:
+                records = [registry.get(i) for i in job_ids]
+            else:
+                records = registry.all(project, unreadable)
+            report = StatusReport([], [f"{w}; the other jobs are shown" for w in unreadable])
             live = [r for r in records if not r.state.final and r.scheduler_id]
             live_states = (
                 scheduler_for(self.executor, self.root).states([r.scheduler_id for r in live])
@@ -357,8 +357,12 @@ class ClusterSide:
     def clean_plan(self, project: str) -> list[dict]:
         """Files `clean` would delete: compiled arrows and the project's job logs. Never models."""
         check_name(project, "project name")
+        damaged: list[str] = []
         with self.registry() as registry:
-            records = registry.all(project)
+            records = registry.all(project, damaged)
+        if damaged:  # it may be an unfinished job of this project: delete nothing
+            raise RegistryError(f"{damaged[0]}: it may be an unfinished job of project "
+                                f"{project}; repair it or move it away before cleaning")
         running = [r.id for r in records if not r.state.final]
         if running:
             raise HpctrainError(
