@@ -322,7 +322,7 @@ def register(root: Path, scheduler_ids: list[str]) -> None:
     from hpctrain.cluster.registry import JobState, Registry
 
     owner = root.parent.parent.stat()
-    with Registry(root / ".hpctrain" / "registry.sqlite") as registry:
+    with Registry(root) as registry:
         for sid in scheduler_ids:
             record = registry.add(
                 "transcription",

@@ -50,9 +50,10 @@ def fetch(workspace: Workspace, target: str | None = None) -> FetchReport:
             result = _fetch_one(workspace, transport, target)
             return FetchReport([result], warnings=job_warnings([result.job]))
         name, why = current_project(workspace)
-        jobs = transport.cluster.status(project=name)
+        found = transport.cluster.status(project=name)
+        jobs = found.rows
         report = FetchReport([], name, [f"project {name} ({why})"] if why else [],
-                             job_warnings(jobs))
+                             found.warnings + job_warnings(jobs))
         for job in jobs:
             if job.state != "COMPLETED" or not job.best_model or fetched(workspace, job):
                 continue

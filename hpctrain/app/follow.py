@@ -10,7 +10,7 @@ import time
 from typing import Iterator
 
 from ..backends import connect
-from ..cluster.api import JobStatus
+from ..cluster.api import JobStatus, StatusReport
 from ..cluster.registry import JobState
 from ..core.config import Workspace
 from ..core.errors import HpctrainError, SchedulerError
@@ -19,7 +19,7 @@ from ..core.names import check_name
 
 def status(
     workspace: Workspace, job_ids: list[int] | None = None, project: str | None = None
-) -> list[JobStatus]:
+) -> StatusReport:
     if project:
         check_name(project, "project name")
     with connect(workspace) as transport:

@@ -29,7 +29,8 @@ def push_model(workspace: Workspace, file: Path, name: str | None = None) -> dic
 def list_models(workspace: Workspace) -> dict:
     with connect(workspace) as transport:
         base = transport.cluster.base_models()
-        everything = transport.cluster.status()
+        found = transport.cluster.status()
+    everything = found.rows
     done = [s for s in everything if s.best_model]
     local = workspace.path / "models" / "finetuned"
     fetched = {p.parent.name + "/" + p.name for p in local.glob("*/*") if p.is_dir()}
@@ -46,6 +47,6 @@ def list_models(workspace: Workspace) -> dict:
         }
         for s in done
     ]
-    warnings = job_warnings(everything)
+    warnings = found.warnings + job_warnings(everything)
     here = fetched_models(workspace, warnings)
     return {"base": base, "finetuned": finetuned, "here": here, "warnings": warnings}

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import __version__
-from ..cluster.api import FetchPlan, JobStatus, Submission, operations
+from ..cluster.api import FetchPlan, JobStatus, StatusReport, Submission, operations
 from ..cluster.registry import JobRecord, JobState
 from ..core import errors
 from ..core.config import Tree, user_template_dir
@@ -41,7 +41,7 @@ def _encode(result):
             "script": result.script,
             "job_dir": result.job_dir,
         }
-    if isinstance(result, (JobStatus, FetchPlan)):
+    if isinstance(result, (JobStatus, FetchPlan, StatusReport)):
         return asdict(result)
     if isinstance(result, (list, tuple)):
         return [_encode(r) for r in result]
@@ -147,8 +147,9 @@ class RemoteCluster:
 
     def status(
         self, job_ids: list[int] | None = None, project: str | None = None
-    ) -> list[JobStatus]:
-        return [JobStatus(**row) for row in self._call("status", job_ids=job_ids, project=project)]
+    ) -> StatusReport:
+        data = self._call("status", job_ids=job_ids, project=project)
+        return StatusReport([JobStatus(**row) for row in data["rows"]], data["warnings"])
 
     def job(self, job_id: int) -> JobStatus:
         return JobStatus(**self._call("job", job_id=int(job_id)))

@@ -43,13 +43,17 @@ def status(ctx, job_ids, project_name, as_json):
     from ..app.follow import status as get_status
     from ..core.names import check_job_id
 
-    rows = get_status(workspace_of(ctx), [check_job_id(j) for j in job_ids] or None, project_name)
+    report = get_status(
+        workspace_of(ctx), [check_job_id(j) for j in job_ids] or None, project_name
+    )
+    rows = report.rows
     if as_json:
         print_json([r.to_json() for r in rows])
-        warn(_warnings(rows))
+        warn(_warnings(rows) + report.warnings)
         return
     if not rows:
         click.echo("no jobs yet: 'hpctrain submit --help' shows how to start one")
+        warn(report.warnings)
         return
     table = [
         [
@@ -78,7 +82,7 @@ def status(ctx, job_ids, project_name, as_json):
             click.echo(f"job {r.id}: {_why_waiting(r)}")
         for message in r.alerts:
             click.echo(f"job {r.id}: ALERT {message}")
-    warn(_warnings(rows))  # after the table: the other jobs' rows are whole
+    warn(_warnings(rows) + report.warnings)  # after the table: the other rows are whole
 
 
 def _warnings(rows) -> list[str]:

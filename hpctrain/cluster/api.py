@@ -62,6 +62,18 @@ class JobStatus:
         return asdict(self)
 
 
+@dataclass
+class StatusReport:
+    """`hpctrain status`: one row per job, and what kept a job out of them (a damaged registry
+    record), one line each."""
+
+    rows: list[JobStatus]
+    warnings: list = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
 @dataclass(frozen=True)
 class FetchPlan:
     """What `fetch` brings back of one job: (remote path, path under the local job folder)."""
@@ -93,8 +105,9 @@ class ClusterOps(Protocol):
 
     def status(
         self, job_ids: list[int] | None = None, project: str | None = None
-    ) -> list[JobStatus]:
-        """One row per job, states refreshed with one scheduler query."""
+    ) -> StatusReport:
+        """One row per job, states refreshed with one scheduler query; jobs whose registry
+        record is damaged are left out, one warning each."""
         ...
 
     def job(self, job_id: int) -> JobStatus:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..core.config import STATE_FOLDER, Tree
-from ..core.errors import GroundTruthError, HpctrainError, NotFoundError
+from ..core.errors import GroundTruthError, HpctrainError, NotFoundError, RegistryError
 from ..core.files import write_text
 from ..core.layout import (
     CLEANABLE_GLOBS,
@@ -36,7 +36,7 @@ from ..jobs.split import split_pages
 from ..runtime import events
 from ..runtime.runner import read_settings
 from . import provenance
-from .api import MODEL_SUFFIXES, FetchPlan, JobStatus, Submission, inside_job
+from .api import MODEL_SUFFIXES, FetchPlan, JobStatus, StatusReport, Submission, inside_job
 from .registry import JobRecord, JobState, Registry
 from .scheduler import Live, scheduler_for, waiting
 
@@ -70,7 +70,7 @@ class ClusterSide:
                 (self.root / name).mkdir(parents=True)
                 created.append(name)
         (self.root / STATE_FOLDER).mkdir(exist_ok=True)
-        with Registry(self.registry_path):
+        with Registry(self.root):  # imports an earlier version's SQLite registry
             pass
         return created
 
@@ -79,11 +79,7 @@ class ClusterSide:
             raise HpctrainError(
                 f"the cluster tree under {self.root} is missing: run 'hpctrain init'"
             )
-        return Registry(self.registry_path)
-
-    @property
-    def registry_path(self) -> Path:
-        return self.root / STATE_FOLDER / "registry.sqlite"
+        return Registry(self.root)
 
     def job_dir_name(self, project: str, job_id: int, kind: str) -> str:
         return job_dir_name(self.tree.finetuned, project, job_id, kind)
@@ -235,16 +231,20 @@ class ClusterSide:
     # -- following ------------------------------------------------------------------------
     def status(
         self, job_ids: list[int] | None = None, project: str | None = None
-    ) -> list[JobStatus]:
+    ) -> StatusReport:
+        unreadable: list[str] = []  # damaged registry records: those jobs are left out
         with self.registry() as registry:
-            records = [registry.get(i) for i in job_ids] if job_ids else registry.all(project)
+            if job_ids:
+                records = [registry.get(i) for i in job_ids]
+            else:
+                records = registry.all(project, unreadable)
+            report = StatusReport([], [f"{w}; the other jobs are shown" for w in unreadable])
             live = [r for r in records if not r.state.final and r.scheduler_id]
             live_states = (
                 scheduler_for(self.executor, self.root).states([r.scheduler_id for r in live])
                 if live
                 else {}
             )
-            rows = []
             for record in records:
                 progress, damage, warnings = self._read_job(record)
                 live = live_states.get(record.scheduler_id)
@@ -256,8 +256,8 @@ class ClusterSide:
                 row = _row(record, state, progress, live)
                 damaged = damage.warning(f"{record.job_dir}/{EVENTS}", state.final)
                 row.warnings = ([damaged] if damaged else []) + warnings
-                rows.append(row)
-            return rows
+                report.rows.append(row)
+            return report
 
     def _record_silent_end(self, record: JobRecord, state: JobState,
                            progress: events.Progress, live: Live | None) -> None:
@@ -305,7 +305,7 @@ class ClusterSide:
         return progress, damage, warnings
 
     def job(self, job_id: int) -> JobStatus:
-        return self.status([int(job_id)])[0]
+        return self.status([int(job_id)]).rows[0]
 
     def read_log(self, job_id: int, offset: int = 0) -> tuple[str, int]:
         """Up to LOG_CHUNK bytes of the raw log from `offset`, cut at a line end; the new offset."""
@@ -365,7 +365,8 @@ class ClusterSide:
                 )
             return job
         check_name(target, "project name")
-        done = [s for s in self.status(project=target) if s.state == "COMPLETED" and s.best_model]
+        done = [s for s in self.status(project=target).rows
+                if s.state == "COMPLETED" and s.best_model]
         if not done:
             raise NotFoundError(
                 f"project {target!r} has no completed job with a model yet: see 'hpctrain status'"
@@ -376,8 +377,12 @@ class ClusterSide:
     def clean_plan(self, project: str) -> list[dict]:
         """Files `clean` would delete: compiled arrows and the project's job logs. Never models."""
         check_name(project, "project name")
+        damaged: list[str] = []
         with self.registry() as registry:
-            records = registry.all(project)
+            records = registry.all(project, damaged)
+        if damaged:  # it may be an unfinished job of this project: delete nothing
+            raise RegistryError(f"{damaged[0]}: it may be an unfinished job of project "
+                                f"{project}; repair it or move it away before cleaning")
         running = [r.id for r in records if not r.state.final]
         if running:
             raise HpctrainError(

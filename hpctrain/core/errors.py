@@ -34,6 +34,10 @@ class TemplateError(HpctrainError):
     """Raised when a job template is missing or fails to render."""
 
 
+class RegistryError(HpctrainError):
+    """Raised when the job registry or one of its records cannot be read, or is newer."""
+
+
 class SchedulerError(HpctrainError):
     """Raised when submitting, querying or cancelling a job fails."""
 

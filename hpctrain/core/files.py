@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,6 +53,31 @@ def write_text(path: Path, text: str, exclusive: bool = False) -> None:
     """Write a text file atomically; with `exclusive`, FileExistsError if it already exists."""
     with atomic_target(path, exclusive) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_shared(path: Path, data: bytes) -> None:
+    """Write `data` to `path` whole, for a file that other processes (on this host or on another
+    one sharing a network filesystem) may rewrite at the same time.
+
+    Each writer has its own temporary name (`.NAME.RANDOM.hpctrain-part`, created with O_EXCL),
+    so two writers never write into one file; the data is fsync'ed before the rename, so the name
+    never points at data a crash could still lose; the rename replaces the file at once (the last
+    rename wins). Neither locks nor hard links: both fail or lie on NFS and sshfs.
+    """
+    tmp = path.with_name(part_name(f"{path.name}.{secrets.token_hex(6)}"))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def copy_file(source: Path, target: Path, mtime: float | None = None) -> None:

@@ -137,18 +137,15 @@ def test_no_sbatch_is_a_clear_error(cli, workspace, slurm_project, monkeypatch):
 
 
 def test_slurmctld_stopped_during_status_of_a_live_job(cli, workspace, slurm_project):
-    import sqlite3
+    from hpctrain.cluster.registry import Registry
 
     set_project(workspace, "Demo", transcription={"epochs": 500})
     job = json.loads(cli("submit", "transcription", "Demo", "--no-base", "--json").stdout)["job"]
     wait_until_running(cli, job["id"])
-    registry = workspace / "cluster" / ".hpctrain" / "registry.sqlite"
 
     def rows():
-        with sqlite3.connect(registry) as db:
-            return db.execute(
-                "SELECT id, kind, project, state, job_dir, scheduler_id FROM jobs"
-            ).fetchall()
+        with Registry(workspace / "cluster") as registry:
+            return registry.all()
 
     before = rows()
     stop_slurmctld()

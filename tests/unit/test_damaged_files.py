@@ -40,7 +40,7 @@ GOOD = event_lines(START, EPOCH1, BEST, EPOCH2, RESULT, END)
 def add_job(workspace: Path, state=JobState.COMPLETED, scheduler_id="1") -> Path:
     """A job as `submit` and the runner leave it: registry entry, folder, events, model."""
     root = workspace / "cluster"
-    with Registry(root / ".hpctrain" / "registry.sqlite") as registry:
+    with Registry(root) as registry:
         record = registry.add("transcription", "Demo", None,
                               lambda i: f"{JOBS}/Demo/job{i}-transcription", {})
         registry.update(record.id, state=state, scheduler_id=scheduler_id)
@@ -281,3 +281,42 @@ def test_a_job_json_damaged_fails_its_job_with_a_clear_end_event(tmp_path):
     assert last["event"] == "end" and last["exit_code"] == 1
     assert last["error"].startswith("job.json damaged (an alert is not valid")
     assert not (tmp_path / "ran.txt").exists()
+
+
+# -- a damaged registry record -------------------------------------------------------------------
+REGISTRY_WARNING = ("hpctrain: warning: registry record .hpctrain/jobs/2.json is damaged: not "
+                    "JSON; the other jobs are shown")
+
+
+def test_a_damaged_registry_record_is_one_warning_and_the_other_jobs_are_shown(
+    cli, workspace, three_jobs
+):
+    record = workspace / "cluster" / ".hpctrain" / "jobs" / "2.json"
+    record.write_bytes(record.read_bytes()[:40])  # cut short
+    damaged = record.read_bytes()
+
+    table = cli("status")
+    assert table.exit_code == 0, table.output
+    assert warnings_of(table.stderr) == [REGISTRY_WARNING]
+    assert [line.split()[0] for line in table.stdout.splitlines()[2:]] == ["1", "3"]
+
+    listed = cli("status", "--json")
+    assert listed.exit_code == 0 and warnings_of(listed.stderr) == [REGISTRY_WARNING]
+    assert [r["id"] for r in json.loads(listed.stdout)] == [1, 3]
+
+    fetched = cli("fetch", "--json")
+    assert fetched.exit_code == 0 and warnings_of(fetched.stderr) == [REGISTRY_WARNING]
+    assert {r["job"]["id"] for r in json.loads(fetched.stdout)["fetched"]} == {1, 3}
+
+    models = cli("models", "list", "--json")
+    assert models.exit_code == 0 and warnings_of(models.stderr) == [REGISTRY_WARNING]
+
+    one = cli("status", "2")
+    assert one.exit_code == 1 and one.stderr.strip().splitlines() == [
+        "hpctrain: error: registry record .hpctrain/jobs/2.json is damaged: not JSON: repair "
+        "it, or move it out of .hpctrain/jobs/ to forget job 2"]
+
+    cleaned = cli("clean", "Demo", "--yes")  # job 2 may still be running: nothing is deleted
+    assert cleaned.exit_code == 1 and "it may be an unfinished job of project Demo" in (
+        cleaned.stderr)
+    assert (three_jobs[0] / "job.log").is_file() and record.read_bytes() == damaged

@@ -83,7 +83,7 @@ def escaping_best_model(ws: Path, tmp: Path) -> None:
     from hpctrain.cluster.registry import JobState, Registry
 
     root = ws / "cluster"
-    with Registry(root / ".hpctrain" / "registry.sqlite") as registry:
+    with Registry(root) as registry:
         record = registry.add(
             "transcription", "Demo", None, lambda i: f"Repertoire_model_finetune/Demo/job{i}", {}
         )

@@ -37,7 +37,7 @@ def sides(tmp_path):
     side.ensure_tree()
     sample_gt.generate(root / "Ground_Truth" / "Demo", pages=12, lines=2)
     (root / "Model_de_base" / "base.mlmodel").write_bytes(b"model")
-    with Registry(side.registry_path) as registry:
+    with Registry(root) as registry:
         record = registry.add(
             "transcription",
             "Demo",
@@ -107,6 +107,8 @@ def comparable(result):
         return [comparable(r) for r in result]
     if hasattr(result, "elapsed"):
         return replace(result, elapsed=None)
+    if hasattr(result, "rows"):
+        return replace(result, rows=comparable(result.rows))
     if hasattr(result, "job") and hasattr(result, "files"):
         return replace(result, job=comparable(result.job))
     return result
