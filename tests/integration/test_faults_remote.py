@@ -1,0 +1,78 @@
+"""Hostile and damaged inputs over SSH, against the real test cluster: each is one line and a
+non-zero exit (or, for a damaged file about one job, one warning and every other job's row),
+and nothing on the cluster is lost or changed (checksums before and after)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import Cli, checksums, sample_gt, set_project, ssh_workspace
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def remote(tmp_path, cluster, remote_root):
+    name, path = remote_root
+    ws = ssh_workspace(tmp_path, cluster, name)
+    config = ws / "hpctrain.yaml"
+    config.write_text(config.read_text() + f"""    executor: slurm
+    device: cpu
+    venv: {cluster["HPCTRAIN_TEST_KRAKEN_VENV"]}
+    kraken_version: 7.1.1
+""")
+    cli = Cli(ws)
+    for step in (("init", str(ws)), ("setup",), ("project", "new", "Demo")):
+        assert cli(*step).exit_code == 0, step
+    sample_gt.generate(ws / "ground_truth" / "Demo", pages=12, lines=4)
+    set_project(ws, "Demo", resources={"cpus": 2, "time": "00:20:00"})
+    assert cli("push", "Demo").exit_code == 0
+    return cli, ws, path
+
+
+def one_line_error(result, *words) -> None:
+    lines = result.output.strip().splitlines()
+    assert result.exit_code != 0 and len(lines) == 1, result.output
+    assert lines[0].startswith("hpctrain: error: ") and all(w in lines[0] for w in words), lines
+
+
+def test_a_page_that_is_not_an_image_is_refused_before_anything_is_sent(remote):
+    cli, ws, path = remote
+    before = checksums(path)
+    (ws / "ground_truth" / "Demo" / "page003.png").write_text("not an image, a text file")
+    result = cli("push", "Demo")
+    assert result.exit_code != 0 and "page003.png" in result.output, result.output
+    assert "not an image" in result.output and "Traceback" not in result.output
+    assert checksums(path) == before
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--time", "99:99:99", ("99:99:99", "minutes")),
+    ("--mem", "0G", ("0G",)),
+])
+def test_slurm_values_without_meaning_are_refused_with_nothing_queued(remote, flag, value, words):
+    cli, ws, path = remote
+    before = checksums(path)
+    one_line_error(cli("submit", "compile", "Demo", flag, value), *words)
+    assert checksums(path) == before
+    assert json.loads(cli("status", "--json").stdout) == []
+
+
+def test_one_jobs_damaged_events_leave_the_other_jobs_whole(remote):
+    cli, ws, path = remote
+    jobs = [json.loads(cli("submit", "compile", "Demo", "--json").stdout)["job"] for _ in "ab"]
+    for job in jobs:
+        waited = cli("wait", str(job["id"]), "--timeout", "300")
+        assert waited.exit_code == 0, waited.output
+    events = path / jobs[0]["job_dir"] / "events.jsonl"
+    events.write_bytes(events.read_bytes() + b'{"event": "step", "step": "\xff\xfe"}\n')
+    before = checksums(path)
+    result = cli("status", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {row["id"]: row for row in json.loads(result.stdout)}
+    assert set(rows) == {job["id"] for job in jobs} and rows[jobs[1]["id"]]["warnings"] == []
+    assert all(row["state"] == "COMPLETED" for row in rows.values())
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "events.jsonl" in warnings[0], result.stderr
+    assert checksums(path) == before  # status changed no byte
