@@ -168,6 +168,17 @@ def ssh_workspace(
     return ws
 
 
+def slurm_over_ssh(workspace: Path, cluster: dict) -> Path:
+    """The SSH profile of `workspace` submits through the test cluster's Slurm, with its kraken."""
+    config = workspace / "hpctrain.yaml"
+    config.write_text(config.read_text() + f"""    executor: slurm
+    device: cpu
+    venv: {cluster["HPCTRAIN_TEST_KRAKEN_VENV"]}
+    kraken_version: 7.1.1
+""")
+    return workspace
+
+
 def use_slurm(workspace: Path) -> None:
     """Switch the workspace's local profile to the test cluster's Slurm (login-node mode)."""
     if subprocess.run(["scontrol", "ping"], capture_output=True).returncode:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import Cli, checksums, sample_gt, set_project, ssh_workspace
+from helpers import Cli, checksums, sample_gt, set_project, slurm_over_ssh, ssh_workspace
 
 pytestmark = pytest.mark.integration
 
@@ -16,12 +16,7 @@ pytestmark = pytest.mark.integration
 def remote(tmp_path, cluster, remote_root):
     name, path = remote_root
     ws = ssh_workspace(tmp_path, cluster, name)
-    config = ws / "hpctrain.yaml"
-    config.write_text(config.read_text() + f"""    executor: slurm
-    device: cpu
-    venv: {cluster["HPCTRAIN_TEST_KRAKEN_VENV"]}
-    kraken_version: 7.1.1
-""")
+    slurm_over_ssh(ws, cluster)
     cli = Cli(ws)
     for step in (("init", str(ws)), ("setup",), ("project", "new", "Demo")):
         assert cli(*step).exit_code == 0, step

@@ -20,7 +20,15 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from helpers import Cli, in_terminal, load_with_kraken, sample_gt, set_project, ssh_workspace
+from helpers import (
+    Cli,
+    in_terminal,
+    load_with_kraken,
+    sample_gt,
+    set_project,
+    slurm_over_ssh,
+    ssh_workspace,
+)
 
 from hpctrain.cli import main
 
@@ -112,12 +120,7 @@ def test_the_four_lines_on_the_embedded_default(tmp_path, base_model):
 def test_the_four_lines_over_ssh(tmp_path, cluster, remote_root, base_model):
     name, remote = remote_root
     ws = ssh_workspace(tmp_path, cluster, name)
-    config = ws / "hpctrain.yaml"
-    config.write_text(config.read_text() + f"""    executor: slurm
-    device: cpu
-    venv: {cluster['HPCTRAIN_TEST_KRAKEN_VENV']}
-    kraken_version: 7.1.1
-""")
+    slurm_over_ssh(ws, cluster)
     cli = Cli(ws)
     assert cli("init", str(ws)).exit_code == 0
     assert cli("setup").exit_code == 0

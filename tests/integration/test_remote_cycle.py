@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from helpers import Cli, load_with_kraken, sample_gt, set_project, ssh_workspace
+from helpers import Cli, load_with_kraken, sample_gt, set_project, slurm_over_ssh, ssh_workspace
 
 pytestmark = pytest.mark.integration
 
@@ -21,16 +21,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def remote(tmp_path, cluster, remote_root):
     name, path = remote_root
-    ws = ssh_workspace(tmp_path, cluster, name)
-    config = ws / "hpctrain.yaml"
-    config.write_text(
-        config.read_text()
-        + f"""    executor: slurm
-    device: cpu
-    venv: {cluster["HPCTRAIN_TEST_KRAKEN_VENV"]}
-    kraken_version: 7.1.1
-"""
-    )
+    ws = slurm_over_ssh(ssh_workspace(tmp_path, cluster, name), cluster)
     cli = Cli(ws)
     assert cli("init", str(ws)).exit_code == 0
     setup = cli("setup", "--json")

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from helpers import START_CLUSTER, Cli, sample_gt, ssh_workspace
+from helpers import START_CLUSTER, Cli, sample_gt, slurm_over_ssh, ssh_workspace
 
 pytestmark = pytest.mark.integration
 ROUNDS = 8  # submits per login node
@@ -22,12 +22,7 @@ ROUNDS = 8  # submits per login node
 
 def login_node(tmp_path: Path, cluster: dict, root: str) -> Path:
     ws = ssh_workspace(tmp_path, cluster, root)
-    config = ws / "hpctrain.yaml"
-    config.write_text(config.read_text() + f"""    executor: slurm
-    device: cpu
-    venv: {cluster["HPCTRAIN_TEST_KRAKEN_VENV"]}
-    kraken_version: 7.1.1
-""")
+    slurm_over_ssh(ws, cluster)
     cli = Cli(ws)
     assert cli("project", "new", "Demo").exit_code == 0
     sample_gt.generate(ws / "ground_truth" / "Demo", pages=12, lines=4)
