@@ -18,7 +18,6 @@ from ..core.config import STATE_FOLDER, Tree
 from ..core.errors import GroundTruthError, HpctrainError, NotFoundError
 from ..core.files import write_text
 from ..core.layout import (
-    CLEANABLE_GLOBS,
     EVENTS,
     FETCHED,
     LAYOUT_VERSION,
@@ -36,7 +35,8 @@ from ..jobs.split import split_pages
 from ..runtime import events
 from ..runtime.runner import read_settings
 from . import provenance
-from .api import MODEL_SUFFIXES, FetchPlan, JobStatus, Submission, inside_job
+from . import usage as sizes
+from .api import MODEL_SUFFIXES, FetchPlan, JobStatus, Submission, Usage, inside_job
 from .registry import JobRecord, JobState, Registry
 from .scheduler import Live, scheduler_for, waiting
 
@@ -352,9 +352,21 @@ class ClusterSide:
             )
         return done[-1]
 
-    # -- cleaning -------------------------------------------------------------------------
+    # -- space and cleaning ---------------------------------------------------------------
+    def usage(self, project: str | None = None) -> Usage:
+        """What each project occupies (cluster/usage.py), and the filesystem's free space."""
+        if project is not None:
+            check_name(project, "project name")
+            if project not in sizes.known_projects(self.root, self.tree):
+                known = ", ".join(sizes.known_projects(self.root, self.tree)) or "none yet"
+                raise NotFoundError(
+                    f"project {project!r} has no files on the cluster (projects there: {known})"
+                )
+        return sizes.measure(self.root, self.tree, project)
+
     def clean_plan(self, project: str) -> list[dict]:
-        """Files `clean` would delete: compiled arrows and the project's job logs. Never models."""
+        """Files `clean` would delete: compiled arrows and the project's job logs. Never models.
+        The same accounting as `usage` (its `cleanable`)."""
         check_name(project, "project name")
         with self.registry() as registry:
             records = registry.all(project)
@@ -365,15 +377,11 @@ class ClusterSide:
                 f"({', '.join(map(str, running))}): wait for them or cancel them "
                 "before cleaning"
             )
-        plan = []
-        compiled = self.folder("compiled") / project
-        if compiled.is_dir():
-            plan += sorted(compiled.rglob("*.arrow"))
-        for record in records:
-            job_dir = self.root / record.job_dir
-            for pattern in CLEANABLE_GLOBS:
-                plan += sorted(p for p in job_dir.glob(pattern) if p.is_file())
-        return [{"path": str(p.relative_to(self.root)), "size": p.stat().st_size} for p in plan]
+        return [
+            {"path": entry.rel, "size": entry.size}
+            for entry in sizes.entries(self.root, self.tree, project)
+            if entry.cleanable
+        ]
 
     def clean(self, paths: list[str]) -> int:
         removed = 0
