@@ -15,7 +15,14 @@ from pathlib import Path
 
 from .. import __version__
 from ..core.config import STATE_FOLDER, Tree
-from ..core.errors import GroundTruthError, HpctrainError, NotFoundError
+from ..core.errors import (
+    DiskFullError,
+    GroundTruthError,
+    HpctrainError,
+    NotFoundError,
+    SchedulerError,
+    full_disk,
+)
 from ..core.files import write_text
 from ..core.layout import (
     EVENTS,
@@ -196,7 +203,18 @@ class ClusterSide:
         """Register the job, write its folder (script, files, job.json), hand it to the scheduler.
 
         On any failure the registry entry and the folder are removed again: nothing
-        half-submitted stays."""
+        half-submitted stays. A full disk or quota is a DiskFullError."""
+        writing = [f"the job registry ({STATE_FOLDER}/registry.sqlite)"]  # what is being written
+        try:
+            return self._register_and_queue(request, params, render_files, dry_run, writing)
+        except (OSError, SchedulerError) as e:  # the scheduler wraps what submitit raised
+            reason = full_disk(e)
+            if reason:
+                raise DiskFullError.writing(reason, writing[-1], str(self.root)) from e
+            raise
+
+    def _register_and_queue(self, request, params: dict, render_files, dry_run: bool,
+                            writing: list[str]) -> Submission:
         kind, project, base = request.kind, request.project, getattr(request, "base", None)
         with self.registry() as registry:
             if dry_run:
@@ -206,6 +224,7 @@ class ClusterSide:
             record = registry.add(
                 kind, project, base, lambda i: self.job_dir_name(project, i, kind), params
             )
+            writing.append(f"job {record.id}'s folder {record.job_dir}")
             try:
                 script, files = render_files(record.id)
                 settings = {
@@ -220,8 +239,9 @@ class ClusterSide:
                 scheduler = scheduler_for(self.executor, self.root)
                 scheduler_id = scheduler.submit(job_dir, request.resources.time)
             except BaseException:
-                registry.delete(record.id)
+                # The folder first: on a full disk, that frees the space the registry needs.
                 shutil.rmtree(self.root / record.job_dir, ignore_errors=True)
+                registry.delete(record.id)
                 raise
             registry.update(record.id, state=JobState.PENDING, scheduler_id=scheduler_id)
             return Submission(registry.get(record.id), script, record.job_dir)

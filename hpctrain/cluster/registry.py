@@ -8,13 +8,16 @@ refused rather than misread.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Iterator
 
-from ..core.errors import HpctrainError, NotFoundError
+from ..core.errors import DiskFullError, HpctrainError, NotFoundError, full_disk
 from ..core.names import check_job_id
 
 
@@ -118,15 +121,40 @@ def migrate(db: sqlite3.Connection, path: Path) -> None:
         raise
 
 
+SPACE_NEEDED = 1 << 16  # bytes: below this, SQLite cannot map its shared memory or log a write
+
+
 class Registry:
-    """A context manager over the SQLite file; each write is its own transaction."""
+    """A context manager over the SQLite file; each write is its own transaction. SQLite's
+    errors become HpctrainErrors (DiskFullError when the disk or quota is full)."""
 
     def __init__(self, path: Path):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        migrate(self._db, path)
+        with self._sqlite("opened"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                migrate(self._db, path)
+            except BaseException:
+                self._db.close()
+                raise
+
+    @contextmanager
+    def _sqlite(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except (sqlite3.Error, OSError) as e:
+            reason = full_disk(e) or _little_space(self.path.parent)
+            if reason:
+                raise DiskFullError.writing(
+                    reason, f"the job registry ({self.path.parent.name}/{self.path.name})",
+                    str(self.path.parent.parent),
+                ) from e
+            raise HpctrainError(
+                f"the job registry {self.path} cannot be {doing} ({e}): check that the "
+                "cluster's filesystem is writable there"
+            ) from e
 
     def __enter__(self) -> "Registry":
         return self
@@ -159,6 +187,11 @@ class Registry:
         self, kind: str, project: str, base: str | None, job_dir_for, params: dict
     ) -> JobRecord:
         """Insert a job in state SUBMITTING; `job_dir_for(id)` names its folder."""
+        with self._sqlite("written"):
+            job_id = self._add(kind, project, base, job_dir_for, params)
+        return self.get(job_id)
+
+    def _add(self, kind: str, project: str, base: str | None, job_dir_for, params: dict) -> int:
         now = time.time()
         self._db.execute("BEGIN IMMEDIATE")
         try:
@@ -176,7 +209,7 @@ class Registry:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        return self.get(job_id)
+        return job_id
 
     def get(self, job_id: int | str) -> JobRecord:
         job_id = check_job_id(job_id)
@@ -206,7 +239,21 @@ class Registry:
         if scheduler_id is not None:
             sets.append("scheduler_id = ?")
             values.append(scheduler_id)
-        self._db.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*values, job_id))
+        with self._sqlite("written"):
+            self._db.execute(
+                f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*values, job_id)
+            )
 
     def delete(self, job_id: int) -> None:
-        self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        with self._sqlite("written"):
+            self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+
+def _little_space(folder: Path) -> str | None:
+    """'no space left on device' when the filesystem holding `folder` is (all but) full: SQLite
+    reports that as a plain I/O error when it cannot map its shared memory."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    return "no space left on device" if st.f_bavail * st.f_frsize < SPACE_NEEDED else None

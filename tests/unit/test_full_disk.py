@@ -14,9 +14,10 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
-from helpers import checksums, sample_gt
+from helpers import checksums, make_big_pages, sample_gt
 
 from hpctrain.core.units import size_text
 
@@ -95,6 +96,77 @@ def pushed_old(cli, workspace, root) -> dict[str, str]:
     return checksums(root)
 
 
+def test_a_push_that_fills_the_disk_is_one_line_and_damages_nothing(cli, workspace, root):
+    before = pushed_old(cli, workspace, root)
+    local = workspace / "ground_truth" / "Big"
+    make_big_pages(local, 24, side=400)  # 24 pages of 160 kB: 3.8 MB, more than is left
+
+    line = one_line_error(
+        cli("push", "Big"),
+        "the cluster's disk is full (no space left on device) while writing Ground_Truth/Big/",
+        f" to {root}; 'hpctrain clean Old' would free {size_text(180_000)} of compiled data "
+        "and logs",
+    )
+    assert line.split("while writing ")[1].split(" ")[0].endswith(".png")
+    after = checksums(root)
+    assert {k: after.get(k) for k in before} == before, "a file that was there changed"
+    arrived = {k: v for k, v in after.items() if k.startswith("Ground_Truth/Big/")}
+    assert 0 < len(arrived) < 48
+    expected = checksums(local)
+    assert all(expected[k.split("/", 2)[2]] == v for k, v in arrived.items()), "a partial file"
+    assert parts(root) == []
+
+
+def test_a_models_push_that_fills_the_disk_is_one_line_and_damages_nothing(
+    cli, workspace, root, tmp_path
+):
+    before = pushed_old(cli, workspace, root)
+    model = tmp_path / "huge.mlmodel"
+    model.write_bytes(os.urandom(5_000_000))
+    one_line_error(
+        cli("models", "push", str(model)),
+        "the cluster's disk is full (no space left on device) while writing "
+        f"Model_de_base/huge.mlmodel to {root}; 'hpctrain clean Old' would free",
+    )
+    assert checksums(root) == before
+    assert parts(root) == []
+    assert cli("models", "list", "--json").exit_code == 0
+
+
+def fill(root: Path) -> Path:
+    """Fill the disk to its last byte with one file."""
+    ballast = root / "ballast"
+    with open(ballast, "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+    return ballast
+
+
+def without_registry(found: dict) -> dict:
+    """The registry's file changes with any submission (its id sequence): left out."""
+    return {k: v for k, v in found.items() if not k.startswith(".hpctrain/")}
+
+
+def test_a_submit_on_a_full_disk_leaves_no_job(cli, workspace, root):
+    before = pushed_old(cli, workspace, root)
+    fill(root)
+    one_line_error(
+        cli("submit", "compile", "Old"),
+        "the cluster's disk is full (no space left on device) while writing the job registry "
+        f"(.hpctrain/registry.sqlite) to {root}; 'hpctrain clean Old' would free "
+        f"{size_text(180_000)} of compiled data and logs",
+    )
+    assert not (root / "Repertoire_model_finetune" / "Old" / "job1-compile").exists()
+    assert without_registry(checksums(root)) == {**without_registry(before), "ballast": ANY}
+    (root / "ballast").unlink()
+    assert json.loads(cli("status", "--json").stdout) == [], "a registry entry was left"
+    assert parts(root) == []
+
+
 def test_usage_counts_the_files_there(cli, workspace, root, tmp_path):
     sample_gt.generate(workspace / "ground_truth" / "Old", pages=10, lines=2)
     assert cli("push", "Old").exit_code == 0
@@ -131,3 +203,24 @@ def test_usage_counts_the_files_there(cli, workspace, root, tmp_path):
     assert table.stdout.splitlines()[2].split()[:3] == ["Old", *size_text(gt).split()]
     assert f"free of {size_text(4 * 1024 * 1024)} on its filesystem" in table.stdout
     assert cli("usage", "Nope").exit_code != 0
+
+
+def test_a_job_folder_that_does_not_fit_is_removed_with_its_registry_entry(
+    cli, workspace, root, tmp_path
+):
+    before = pushed_old(cli, workspace, root)
+    script = tmp_path / "big.py"
+    script.write_text("print('hello')\n" + "# padding\n" * 100_000)  # 1 MB, sent with the job
+    ballast = fill(root)
+    with open(ballast, "r+b") as handle:  # room for the registry entry, not for the script
+        handle.truncate(ballast.stat().st_size - 256 * 1024)
+    one_line_error(
+        cli("submit", "torchrun", str(script)),
+        "the cluster's disk is full (no space left on device) while writing job 1's folder "
+        f"Repertoire_model_finetune/big/job1-torchrun to {root}; 'hpctrain clean Old' would free",
+    )
+    assert not (root / "Repertoire_model_finetune" / "big" / "job1-torchrun").exists()
+    ballast.unlink()
+    assert json.loads(cli("status", "--json").stdout) == [], "a registry entry was left"
+    assert without_registry(checksums(root)) == without_registry(before)
+    assert parts(root) == []
