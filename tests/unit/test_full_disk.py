@@ -10,8 +10,12 @@ the same over SSH).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import select
+import shutil
+import socket
 import subprocess
 from pathlib import Path
 from unittest.mock import ANY
@@ -224,3 +228,234 @@ def test_a_job_folder_that_does_not_fit_is_removed_with_its_registry_entry(
     assert json.loads(cli("status", "--json").stdout) == [], "a registry entry was left"
     assert without_registry(checksums(root)) == without_registry(before)
     assert parts(root) == []
+
+
+# -- over SSH: OpenSSH's sftp-server and rsync, with the commands run here -----------------------
+SFTP_SERVER = Path("/usr/lib/openssh/sftp-server")
+FAKE_SSH = """#!/bin/sh
+# ssh's stand-in for rsync -e: drop the options and the host, run the command here.
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -p|-o|-i|-l|-F|-J) shift 2 ;;
+        -*) shift ;;
+        *) break ;;
+    esac
+done
+shift
+exec sh -c "$*"
+"""
+
+
+class PipeChannel:
+    """What paramiko's SFTPClient needs of a channel: a socket pair to OpenSSH's sftp-server."""
+
+    def __init__(self, home: Path):
+        self.sock, theirs = socket.socketpair()
+        self.server = subprocess.Popen([str(SFTP_SERVER)], stdin=theirs, stdout=theirs, cwd=home)
+        theirs.close()
+
+    def send(self, data):
+        return self.sock.send(data)
+
+    def recv(self, n):
+        return self.sock.recv(n)
+
+    def recv_ready(self):
+        return bool(select.select([self.sock], [], [], 0)[0])
+
+    def get_name(self):
+        return "sftp-server"
+
+    def close(self):
+        self.sock.close()
+        self.server.wait(timeout=60)
+
+
+class HereConnection:
+    """Stands in for ssh/connection.Connection: SFTP is the real sftp-server on a socket pair,
+    commands run on this machine, `hpctrain cluster-call` is answered by serve() here; both
+    start in `home`, as they would in the remote home."""
+
+    home: Path = Path("/nonexistent")
+
+    def __init__(self, target, timeout=15):
+        self.target, self._sftp, self._clients = target, None, []
+
+    def client(self):
+        return self
+
+    def open_sftp(self):
+        import paramiko
+
+        self._clients.append(paramiko.SFTPClient(PipeChannel(self.home)))
+        return self._clients[-1]
+
+    def sftp(self):
+        self._sftp = self._sftp or self.open_sftp()
+        return self._sftp
+
+    def run(self, argv, input=None, timeout=None):
+        if argv[-1] == "cluster-call":
+            from hpctrain.backends.rpc import serve
+
+            return 0, json.dumps(serve(input), default=str), ""
+        try:
+            done = subprocess.run(argv, input=input, capture_output=True, text=True,
+                                  timeout=120, cwd=self.home)
+        except FileNotFoundError as e:  # as a shell says it
+            return 127, "", f"{argv[0]}: {e.strerror}"
+        return done.returncode, done.stdout, done.stderr
+
+    def close(self):
+        for client in self._clients:
+            client.close()
+        self._clients, self._sftp = [], None
+
+
+@pytest.fixture(params=["sftp", "rsync"])
+def ssh_root(request, small_disk, workspace, cli, monkeypatch, tmp_path) -> Path:
+    """The workspace's active profile is an ssh profile whose root is on the small disk."""
+    if not SFTP_SERVER.is_file():
+        pytest.skip(f"{SFTP_SERVER} (OpenSSH's sftp-server) is not installed")
+    if request.param == "rsync":
+        if not shutil.which("rsync"):
+            pytest.skip("rsync is not installed")
+        (tmp_path / "bin").mkdir()
+        (tmp_path / "bin" / "ssh").write_text(FAKE_SSH)
+        (tmp_path / "bin" / "ssh").chmod(0o755)
+        monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    from hpctrain.backends.ssh import transport
+
+    monkeypatch.setattr(transport, "Connection", HereConnection)
+    monkeypatch.setattr(HereConnection, "home", small_disk)
+    root = small_disk / "cluster"
+    config = workspace / "hpctrain.yaml"
+    config.write_text(config.read_text().replace("profile: local", "profile: far") + f"""
+  far:
+    backend: ssh
+    host: 127.0.0.1
+    root: {root}
+    transfer: {request.param}
+""")
+    assert cli("init", str(workspace)).exit_code == 0
+    assert (root / "Ground_Truth").is_dir()
+    return root
+
+
+def test_a_push_over_ssh_that_fills_the_disk_is_one_line_and_damages_nothing(
+    cli, workspace, ssh_root
+):
+    root = ssh_root
+    before = pushed_old(cli, workspace, root)
+    local = workspace / "ground_truth" / "Big"
+    make_big_pages(local, 24, side=400)
+    line = one_line_error(
+        cli("push", "Big"),
+        "the cluster's disk is full (no space left on device) while writing Ground_Truth/Big/",
+        f" to {root}; 'hpctrain clean Old' would free {size_text(180_000)} of compiled data "
+        "and logs",
+    )
+    assert line.split("while writing ")[1].split(" ")[0].endswith(".png")
+    after = checksums(root)
+    assert {k: after.get(k) for k in before} == before, "a file that was there changed"
+    arrived = {k: v for k, v in after.items() if k.startswith("Ground_Truth/Big/")}
+    expected = checksums(local)
+    assert all(expected[k.split("/", 2)[2]] == v for k, v in arrived.items()), "a partial file"
+    assert parts(root) == [] and not [p for p in root.rglob(".*") if p.is_file()]
+
+
+@pytest.mark.parametrize("ssh_root", ["sftp"], indirect=True)
+def test_a_models_push_over_sftp_that_fills_the_disk_is_one_line(
+    cli, workspace, ssh_root, tmp_path
+):
+    root = ssh_root
+    before = pushed_old(cli, workspace, root)
+    model = tmp_path / "huge.mlmodel"
+    model.write_bytes(os.urandom(5_000_000))
+    one_line_error(
+        cli("models", "push", str(model)),
+        "the cluster's disk is full (no space left on device) while writing "
+        f"Model_de_base/huge.mlmodel to {root}; 'hpctrain clean Old' would free",
+    )
+    assert checksums(root) == before
+    assert parts(root) == []
+
+
+@pytest.mark.parametrize("ssh_root", ["sftp"], indirect=True)
+def test_a_setup_that_fills_the_disk_is_one_line(cli, workspace, ssh_root, monkeypatch):
+    """The wheels do not fit in the cluster's home (the small disk here)."""
+    from hpctrain.app import setup
+
+    def big_wheels(folder, python, platform):
+        wheel = folder / "hpctrain-0-py3-none-any.whl"
+        wheel.write_bytes(os.urandom(5_000_000))
+        return [wheel]
+
+    monkeypatch.setattr(setup, "gather_wheels", big_wheels)
+    home = ssh_root.parent
+    one_line_error(
+        cli("setup"),
+        "the cluster's disk is full (no space left on device) while writing "
+        f"hpctrain-0-py3-none-any.whl to {home}/.hpctrain/wheels; ",
+    )
+    assert parts(home) == []
+
+
+def test_rsync_says_where_the_disk_filled_up(small_disk, tmp_path):
+    """rsync's own words, from a real rsync into a full tmpfs: the line is found among the
+    others (a 'Broken pipe' comes last), with the file's final name."""
+    if not shutil.which("rsync"):
+        pytest.skip("rsync is not installed")
+    from hpctrain.backends.ssh.rsync import full_disk_in
+
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "a.bin").write_bytes(os.urandom(5_000_000))
+    done = subprocess.run(["rsync", "-a", f"{source}/", f"{small_disk}/into/"],
+                          capture_output=True, text=True)
+    assert done.returncode in (11, 23), done.stderr
+    found = full_disk_in(done.stderr)
+    assert found is not None, done.stderr
+    assert found.reason == "no space left on device"
+    assert found.path == f"{small_disk}/into/a.bin"
+    assert list((small_disk / "into").iterdir()) == [], "rsync left its temporary file"
+
+
+def test_a_full_quota_is_named_as_such(cli, workspace, root, tmp_path, monkeypatch):
+    """EDQUOT (a real quota; tmpfs quotas do not bind root, who runs these tests) at the
+    operating system's copy: the same one line, saying quota, and no part left."""
+    import shutil as real_shutil
+
+    from hpctrain.core import files
+
+    def copy_until_the_quota(source, target):
+        Path(target).write_bytes(Path(source).read_bytes()[:1000])
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+
+    model = tmp_path / "m.mlmodel"
+    model.write_bytes(b"m" * 5000)
+    monkeypatch.setattr(files, "shutil", type("S", (), {"copyfile": copy_until_the_quota}))
+    one_line_error(
+        cli("models", "push", str(model)),
+        "the cluster's disk quota is full (disk quota exceeded) while writing "
+        f"Model_de_base/m.mlmodel to {root}; 'hpctrain clean' has nothing left to free there",
+    )
+    assert parts(root) == [] and not (root / "Model_de_base" / "m.mlmodel").exists()
+    assert real_shutil.copyfile  # the real module is untouched
+
+
+@pytest.mark.parametrize("error, reason", [
+    (OSError(errno.ENOSPC, "No space left on device"), "no space left on device"),
+    (OSError(errno.EDQUOT, "Disk quota exceeded"), "disk quota exceeded"),
+    ('rsync: [receiver] write failed on "/q/a.png": Disk quota exceeded (122)',
+     "disk quota exceeded"),
+    ("ERROR: Could not install packages due to an OSError: [Errno 28] No space left on device",
+     "no space left on device"),
+    ("sqlite3.OperationalError: database or disk is full", "no space left on device"),
+    (OSError(errno.EACCES, "Permission denied"), None),
+    ("Failure", None),
+])
+def test_what_says_the_disk_is_full(error, reason):
+    from hpctrain.core.errors import full_disk
+
+    assert full_disk(error) == reason
