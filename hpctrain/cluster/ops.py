@@ -31,6 +31,7 @@ from ..core.layout import (
     LOG,
     SCRIPT,
     SETTINGS,
+    SUBMITIT_DIR,
     compiled_dir_name,
     job_dir_name,
 )
@@ -40,7 +41,7 @@ from ..jobs.groundtruth import is_junk
 from ..jobs.requests import JobRequest, TorchrunRequest, recorded
 from ..jobs.split import split_pages
 from ..runtime import events
-from ..runtime.runner import read_settings
+from ..runtime.runner import RESERVE_BYTES, disk_full_error, read_settings
 from . import provenance
 from . import usage as sizes
 from .api import MODEL_SUFFIXES, FetchPlan, JobStatus, Submission, Usage, inside_job
@@ -270,7 +271,12 @@ class ClusterSide:
                 live = live_states.get(record.scheduler_id)
                 state = _state(record, progress, live.state if live else None)
                 if state != record.state:
-                    registry.update(record.id, state=state)
+                    try:
+                        registry.update(record.id, state=state)
+                    except DiskFullError:  # a cache of what the events say: next time
+                        pass
+                if state == JobState.FAILED and not progress.error:
+                    progress.error = self._why_it_ended(record)
                 row = _row(record, state, progress, live)
                 damaged = damage.warning(f"{record.job_dir}/{EVENTS}", state.final)
                 row.warnings = ([damaged] if damaged else []) + warnings
@@ -303,6 +309,25 @@ class ClusterSide:
                 warnings.append(f"{record.job_dir}/{SETTINGS} {e}: the job cannot start again "
                                 "(a requeue would fail)")
         return progress, damage, warnings
+
+    def _why_it_ended(self, record: JobRecord) -> str | None:
+        """For a job that failed without saying why (its end event could not be written): a
+        full disk, if the tails of its log and of the scheduler's stderr say so, or if the disk
+        is full now."""
+        job_dir = self.root / record.job_dir
+        for path in [job_dir / LOG, *sorted((job_dir / SUBMITIT_DIR).glob("*.err"))]:
+            reason = full_disk(_tail(path))
+            if reason:
+                return disk_full_error(reason, f"{path.relative_to(job_dir)} says so")
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return None
+        if st.f_bavail * st.f_frsize < RESERVE_BYTES:
+            return ("it ended without recording why, and the cluster's disk is full now (no space "
+                    "left on device): free space ('hpctrain usage' shows what takes it) and "
+                    "submit the job again")
+        return None
 
     def job(self, job_id: int) -> JobStatus:
         return self.status([int(job_id)])[0]
@@ -412,6 +437,16 @@ class ClusterSide:
                 path.unlink()
                 removed += 1
         return removed
+
+
+def _tail(path: Path, size: int = 8192) -> str:
+    """The last `size` bytes of a file as text ('' if it cannot be read)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, os.fstat(handle.fileno()).st_size - size))
+            return handle.read(size).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 def _state(

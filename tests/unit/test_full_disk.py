@@ -459,3 +459,69 @@ def test_what_says_the_disk_is_full(error, reason):
     from hpctrain.core.errors import full_disk
 
     assert full_disk(error) == reason
+
+
+# -- a job that fills the disk ------------------------------------------------------------------
+FILLING_JOB = """echo starting
+for i in $(seq 1 20); do echo "line $i"; done
+dd if=/dev/zero of=filler bs=65536 2>&1
+for i in $(seq 1 2000); do echo "after the disk filled up, line $i"; done
+exit 1
+"""
+
+
+def test_a_job_that_fills_the_disk_ends_saying_so(small_disk):
+    """The runner's log and events stay whole (a line that does not fit is undone), and its
+    reserve gives its `end` event room to say that the disk is full."""
+    from hpctrain.runtime import events
+    from hpctrain.runtime.runner import JobFailed, JobRunner
+
+    job_dir = small_disk / "job1"
+    job_dir.mkdir()
+    (job_dir / "job.sh").write_text(FILLING_JOB)
+    with pytest.raises(JobFailed) as failed:
+        JobRunner(str(job_dir))()
+    assert str(failed.value).startswith(
+        "the cluster's disk is full (no space left on device) while the job ran (job script "
+        "exited with code 1): free space ('hpctrain usage' shows what takes it)"
+    )
+    damage = events.Damage()
+    found = list(events.read(job_dir / "events.jsonl", damage))
+    assert damage.skipped == 0 and not damage.cut
+    assert found[-1]["event"] == "end" and found[-1]["error"] == str(failed.value)
+    log = (job_dir / "job.log").read_text()
+    assert log.startswith("starting\nline 1\n") and log.endswith("\n")
+    after = [line for line in log.splitlines() if line.startswith("after")]
+    assert len(after) < 2000, "80 kB more cannot fit in a full disk"
+    assert after == [f"after the disk filled up, line {i}" for i in range(1, len(after) + 1)]
+    assert not (job_dir / ".hpctrain-reserve").exists()
+
+
+def test_status_names_a_full_disk_when_the_end_could_not_be_written(tmp_path):
+    """A job whose runner could not write its end: the tail of its log or of the scheduler's
+    stderr says why."""
+    from hpctrain.cluster.ops import ClusterSide
+    from hpctrain.cluster.registry import JobState, Registry
+    from hpctrain.core.config import Tree
+
+    side = ClusterSide(tmp_path / "root", Tree(), "local")
+    side.ensure_tree()
+    dirs = []
+    with Registry(side.registry_path) as registry:
+        for n in (1, 2, 3):
+            record = registry.add("compile", "Demo", None,
+                                  lambda i: f"Repertoire_model_finetune/Demo/job{i}-compile", {})
+            registry.update(record.id, state=JobState.RUNNING, scheduler_id="not-a-process")
+            dirs.append(side.root / record.job_dir)
+            dirs[-1].mkdir(parents=True)
+            (dirs[-1] / "events.jsonl").write_text('{"t": 1, "event": "start"}\n')
+    (dirs[0] / "job.log").write_text("epoch 3\nOSError: [Errno 28] No space left on device\n")
+    (dirs[1] / "submitit").mkdir()
+    (dirs[1] / "submitit" / "7_0_log.err").write_text("x\n" * 10_000 + "Disk quota exceeded\n")
+    rows = side.status()
+    assert [r.state for r in rows] == ["FAILED"] * 3
+    assert rows[0].error.startswith(
+        "the cluster's disk is full (no space left on device) while the job ran (job.log says so)")
+    assert rows[1].error.startswith("the cluster's disk quota is full (disk quota exceeded) while "
+                                    "the job ran (submitit/7_0_log.err says so)")
+    assert rows[2].error is None
