@@ -454,7 +454,7 @@ def test_a_full_quota_is_named_as_such(cli, workspace, root, tmp_path, monkeypat
     ("sqlite3.OperationalError: database or disk is full", "no space left on device"),
     (OSError(errno.EACCES, "Permission denied"), None),
     ("Failure", None),
-])
+], ids=["ENOSPC", "EDQUOT", "rsync quota", "pip", "SQLite", "EACCES", "sftp-server Failure"])
 def test_what_says_the_disk_is_full(error, reason):
     from hpctrain.core.errors import full_disk
 
