@@ -122,6 +122,9 @@ def usage(ctx, project_name, as_json):
         return
     columns = ("ground_truth", "compiled", "models", "logs", "other", "total", "cleanable")
     rows = [[p.project, *(size(getattr(p, c)) for c in columns)] for p in found.projects]
+    if len(found.projects) > 1:
+        rows.append(["(all)", *(size(sum(getattr(p, c) for p in found.projects))
+                                for c in columns)])
     headers = ["project", "ground truth", "compiled", "models", "logs", "other", "total",
                "clean frees"]
     click.echo(tabulate(rows, headers=headers) if rows else "no project has files there yet")
