@@ -11,13 +11,16 @@
 # 127.0.0.1:$HPCTRAIN_TEST_SSH_PORT (2222) for the non-root user $HPCTRAIN_TEST_USER (hpcuser), whose
 # home is the "cluster home". The client's key and a known_hosts holding the host key are written to
 # $STATE/client/; $STATE/env has the values tests read. The jobs' kraken lives in a venv
-# ($HPCTRAIN_TEST_KRAKEN_VENV, /opt/hpctrain-test-kraken), as a site's `module load kraken` would give it. Needs root and no systemd. Loopback only.
+# ($HPCTRAIN_TEST_KRAKEN_VENV, /opt/hpctrain-test-kraken), as a site's `module load kraken` would give it.
+# A small tmpfs ($HPCTRAIN_TEST_QUOTA_SIZE, 64 MB) owned by the test user is mounted at ~/quota: a
+# filesystem that fills up, for tests/integration/test_quota_fs.py. Needs root and no systemd. Loopback only.
 set -euo pipefail
 
 STATE="${HPCTRAIN_TEST_CLUSTER:-/var/lib/hpctrain-test-cluster}"
 CLUSTER_USER="${HPCTRAIN_TEST_USER:-hpcuser}"
 SSH_PORT="${HPCTRAIN_TEST_SSH_PORT:-2222}"
 KRAKEN_VENV="${HPCTRAIN_TEST_KRAKEN_VENV:-/opt/hpctrain-test-kraken}"
+QUOTA_SIZE="${HPCTRAIN_TEST_QUOTA_SIZE:-64m}"
 MULTI_NODES="n[1-2]"
 PACKAGES=(slurm-wlm slurmdbd munge openssh-server mariadb-server rsync procps sshfs)
 # The second login node's view of the cluster home: the same home through a network filesystem.
@@ -197,6 +200,21 @@ mount_second_login() {
         "$CLUSTER_USER@127.0.0.1:$home" "$GLOGIN"
 }
 
+quota_dir() {
+    printf '%s/quota' "$(getent passwd "$CLUSTER_USER" | cut -d: -f6)"
+}
+
+mount_quota_fs() {
+    # A filesystem that fills up: a tmpfs of $QUOTA_SIZE in the test user's home, theirs.
+    local dir
+    dir="$(quota_dir)"
+    mkdir -p "$dir"
+    if ! mountpoint -q "$dir"; then
+        mount -t tmpfs -o "size=$QUOTA_SIZE,mode=0755" hpctrain-quota "$dir"
+    fi
+    chown "$CLUSTER_USER:" "$dir"
+}
+
 write_env() {
     cat > "$STATE/env" <<EOF
 HPCTRAIN_TEST_HOST=127.0.0.1
@@ -207,6 +225,7 @@ HPCTRAIN_TEST_KEY=$STATE/client/id_ed25519
 HPCTRAIN_TEST_KNOWN_HOSTS=$STATE/client/known_hosts
 HPCTRAIN_TEST_KRAKEN_VENV=$KRAKEN_VENV
 HPCTRAIN_TEST_GLOGIN=$GLOGIN
+HPCTRAIN_TEST_QUOTA=$(quota_dir)
 EOF
     chmod 644 "$STATE/env"
 }
@@ -223,6 +242,7 @@ up() {
     start_sshd
     mount_second_login
     make_kraken_venv
+    mount_quota_fs
     write_env
     log "test cluster up: $(sinfo -h -o '%P %T %D node(s) %c CPUs' | paste -sd ',') | ssh $CLUSTER_USER@127.0.0.1 -p $SSH_PORT"
 }
@@ -233,6 +253,9 @@ down() {
     [ -f "$STATE/sshd.pid" ] && kill "$(cat "$STATE/sshd.pid")" 2>/dev/null || true
     mysqladmin shutdown 2>/dev/null || true
     pkill -x munged || true
+    if id "$CLUSTER_USER" >/dev/null 2>&1 && mountpoint -q "$(quota_dir)"; then
+        umount "$(quota_dir)" || umount -l "$(quota_dir)"
+    fi
     # Gone for real before returning, so that an `up` right after starts fresh daemons.
     wait_for 30 "the daemons' exit" sh -c '! pgrep -x "slurmd|slurmctld|slurmdbd|munged|mariadbd"'
     log "test cluster stopped"
@@ -243,6 +266,11 @@ status() {
         printf '%-10s %s\n' "$daemon" "$(pgrep -x "$daemon" >/dev/null && echo running || echo stopped)"
     done
     printf '%-10s %s\n' sshd "$(pgrep -f "sshd -p $SSH_PORT" >/dev/null && echo running || echo stopped)"
+    if id "$CLUSTER_USER" >/dev/null 2>&1 && mountpoint -q "$(quota_dir)"; then
+        printf '%-10s %s\n' quota "$(df -h --output=used,size "$(quota_dir)" | tail -1 | xargs) at $(quota_dir)"
+    else
+        printf '%-10s %s\n' quota "not mounted"
+    fi
 }
 
 case "${1:-}" in

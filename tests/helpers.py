@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import pty
+import random
 import select
 import shutil
 import socket
@@ -71,6 +72,22 @@ def in_terminal(workspace: Path, *args: str, timeout: float = 900) -> tuple[int,
     os.close(leader)
     code = process.wait(timeout=max(1, deadline - time.monotonic()))
     return code, output.decode(errors="replace")
+
+
+def make_big_pages(folder: Path, pages: int, side: int = 500) -> None:
+    """Pages whose PNG is noise (incompressible, about side*side bytes): a push that takes long
+    enough to cut, or that fills a small disk."""
+    from PIL import Image
+
+    rng = random.Random(1)
+    folder.mkdir(parents=True)
+    for i in range(pages):
+        name = f"page{i:04d}.png"
+        Image.frombytes("L", (side, side), rng.randbytes(side * side)).save(
+            folder / name, compress_level=0
+        )
+        records = [("lorem ipsum", [(10, 40), (200, 40)], [(6, 6), (204, 6), (204, 50), (6, 50)])]
+        (folder / f"page{i:04d}.xml").write_text(sample_gt.page_xml(name, (side, side), records))
 
 
 def check_golden(name: str, text: str) -> None:

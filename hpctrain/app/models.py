@@ -11,6 +11,7 @@ from ..core.config import Workspace
 from ..core.errors import ConfigError, NotFoundError
 from ..core.names import check_name
 from .fetch import fetched_models, job_warnings
+from .usage import full_disk_advice
 
 
 def push_model(workspace: Workspace, file: Path, name: str | None = None) -> dict:
@@ -22,7 +23,8 @@ def push_model(workspace: Workspace, file: Path, name: str | None = None) -> dic
     name = check_name(name or file.stem, "model name")
     with connect(workspace) as transport:
         remote = f"{workspace.profile.tree.base_models}/{name}{file.suffix}"
-        transport.put(file, remote)
+        with full_disk_advice(transport):
+            transport.put(file, remote)
     return {"name": name, "remote": remote, "size": file.stat().st_size}
 
 

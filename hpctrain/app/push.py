@@ -19,6 +19,7 @@ from ..jobs.groundtruth import Report, validate
 from ..core.names import check_name
 from .exports import unpack_export
 from .projects import Project, ensure_project, load_project, remember_push
+from .usage import full_disk_advice
 
 MTIME_SLACK = 1.0  # seconds; remote filesystems may round modification times
 
@@ -75,7 +76,8 @@ def push(
             transport.checksums if checksum else None,
         )
         if not dry_run:
-            transport.send_plan(plan, (lambda t: progress(t, plan)) if progress else None)
+            with full_disk_advice(transport, project.name):
+                transport.send_plan(plan, (lambda t: progress(t, plan)) if progress else None)
             remember_push(workspace, project.name)
     return PushResult(project.name, report, plan, remote_folder, notes)
 

@@ -19,7 +19,8 @@ from .. import __version__
 from ..backends import connect
 from ..backends.rpc import REMOTE_HOME, REMOTE_HPCTRAIN
 from ..core.config import Workspace
-from ..core.errors import ConfigError, HpctrainError, TransportError
+from ..core.errors import ConfigError, DiskFullError, HpctrainError, TransportError, full_disk
+from .usage import full_disk_advice
 
 # What the cluster side imports; paramiko is for the laptop only.
 CLUSTER_REQUIREMENTS = ("click>=8.1", "jinja2>=3.1", "submitit>=1.5", "pyyaml>=6", "tabulate>=0.9")
@@ -122,6 +123,14 @@ def gather_wheels(folder: Path, python: str, platform: str) -> list[Path]:
     return sorted(folder.glob("*.whl"))
 
 
+def _full_disk(stderr: str, what: str, where: str) -> None:
+    """A DiskFullError if a cluster-side command's stderr says the disk or quota is full (pip:
+    `[Errno 28] No space left on device`). The install is not recorded: setup runs again."""
+    reason = full_disk(stderr)
+    if reason:
+        raise DiskFullError.writing(reason, what, where)
+
+
 def setup_cluster(workspace: Workspace, force: bool = False, progress=None) -> SetupResult:
     """`hpctrain setup`: install the cluster side over the workspace's ssh profile."""
     if workspace.profile.backend != "ssh":
@@ -129,7 +138,7 @@ def setup_cluster(workspace: Workspace, force: bool = False, progress=None) -> S
             f"profile {workspace.profile.name!r} is local: hpctrain runs here "
             "already, nothing to set up (use --profile NAME for an ssh profile)"
         )
-    with connect(workspace) as transport:
+    with connect(workspace) as transport, full_disk_advice(transport):
         return install(transport, force=force, progress=progress)
 
 
@@ -171,6 +180,7 @@ def install(transport, force: bool = False, progress=None) -> SetupResult:
         for step in steps:
             code, _out, err = connection.run(step)
             if code:
+                _full_disk(err, "the cluster-side hpctrain", f"{home}/{REMOTE_HOME}/venv")
                 raise TransportError(
                     f"cluster-side install failed: {(err.strip().splitlines() or ['?'])[-1]}"
                 )
@@ -178,6 +188,7 @@ def install(transport, force: bool = False, progress=None) -> SetupResult:
         ["sh", "-c", 'cat > "$0"', BUILD_ID_FILE], input=local_build + "\n"
     )
     if code:
+        _full_disk(err, BUILD_ID_FILE, "your home on the cluster")
         raise TransportError(
             f"cluster-side install failed: could not write {BUILD_ID_FILE}: {err.strip()}"
         )

@@ -16,6 +16,7 @@ from ..jobs.render import collect_overrides
 from ..jobs.requests import JobRequest, Resources, TorchrunRequest, override_resources
 from ..jobs.torchrun import REFERENCE_TRAINER, check_module_name
 from .projects import current_project, load_project
+from .usage import full_disk_advice
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def submit(
         venv=profile.venv, container=profile.container, templates=template_overrides(workspace),
         alerts=tuple(a.to_json() for a in project.alerts),
     )
-    with connect(workspace) as transport:
+    with connect(workspace) as transport, full_disk_advice(transport, project.name):
         if request.base:
             request, sent = _base_on_the_cluster(workspace, transport, request, dry_run)
             notes += sent
@@ -148,7 +149,7 @@ def submit_torchrun(
         resume_from=resume_from,
         templates=template_overrides(workspace),
     )
-    with connect(workspace) as transport:
+    with connect(workspace) as transport, full_disk_advice(transport, project):
         done = transport.cluster.submit_torchrun(request, dry_run=dry_run)
     return Submitted(done.job, done.script, done.job_dir)
 

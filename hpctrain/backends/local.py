@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 
 from ..cluster.ops import ClusterSide
 from ..core.config import Tree
-from ..core.errors import HpctrainError, TransportError
+from ..core.errors import DiskFullError, HpctrainError, TransportError, full_disk
 from ..core.files import copy_file, is_part, sha256_file
 from .api import Progress, RemoteFile, SyncPlan
 
@@ -53,7 +53,13 @@ class LocalTransport:
         return found
 
     def put(self, local: Path, rel: str) -> None:
-        _copy(local, self._path(rel))
+        try:
+            _copy(local, self._path(rel))
+        except TransportError as e:
+            reason = full_disk(e)
+            if reason:  # the part was removed: what was there before is untouched
+                raise DiskFullError.writing(reason, rel, str(self._root)) from e
+            raise
 
     def get(self, rel: str, local: Path) -> None:
         source = self._path(rel)

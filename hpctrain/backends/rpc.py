@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import __version__
-from ..cluster.api import FetchPlan, JobStatus, StatusReport, Submission, operations
+from ..cluster.api import FetchPlan, JobStatus, StatusReport, Submission, Usage, operations
 from ..cluster.registry import JobRecord, JobState
 from ..core import errors
 from ..core.config import Tree, user_template_dir
@@ -41,7 +41,7 @@ def _encode(result):
             "script": result.script,
             "job_dir": result.job_dir,
         }
-    if isinstance(result, (JobStatus, FetchPlan, StatusReport)):
+    if isinstance(result, (JobStatus, FetchPlan, StatusReport, Usage)):
         return asdict(result)
     if isinstance(result, (list, tuple)):
         return [_encode(r) for r in result]
@@ -171,3 +171,6 @@ class RemoteCluster:
 
     def clean(self, paths: list[str]) -> int:
         return self._call("clean", paths=paths)
+
+    def usage(self, project: str | None = None) -> Usage:
+        return Usage.from_json(self._call("usage", project=project))

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from ..core.errors import HpctrainError
+from ..core.units import size_text
 
 
 class Cli(click.Group):
@@ -50,11 +51,7 @@ def warn(lines) -> None:
 
 
 def size(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
+    return size_text(n)
 
 
 def metric(name, value) -> str:

@@ -1,4 +1,4 @@
-"""Commands that bring results back and free quota: fetch, clean."""
+"""Commands that bring results back and free quota: fetch, clean, usage."""
 
 from __future__ import annotations
 
@@ -94,3 +94,44 @@ def clean(ctx, project_name, yes, as_json):
         print_json({"removed": removed, "files": [i["path"] for i in plan], "bytes": total})
     else:
         click.echo(f"deleted {removed} file(s), {size(total)}")
+
+
+@main.command()
+@click.argument("project_name", metavar="[PROJECT]", required=False)
+@json_option
+@click.pass_context
+def usage(ctx, project_name, as_json):
+    """Show what each project occupies on the cluster (ground truth, compiled data, models, logs,
+    the rest of its jobs' files) and the free space left on the cluster's filesystem.
+
+    \b
+    Examples:
+      hpctrain usage
+      hpctrain usage Projet_A --json
+
+    'clean frees' is what 'hpctrain clean PROJECT' would delete (compiled
+    data and logs). A quota may allow less than the filesystem's free space.
+    """
+    from tabulate import tabulate
+
+    from ..app.usage import usage as do_usage
+
+    found = do_usage(workspace_of(ctx), project_name)
+    if as_json:
+        print_json(found.to_json())
+        return
+    columns = ("ground_truth", "compiled", "models", "logs", "other", "total", "cleanable")
+    rows = [[p.project, *(size(getattr(p, c)) for c in columns)] for p in found.projects]
+    if len(found.projects) > 1:
+        rows.append(["(all)", *(size(sum(getattr(p, c) for p in found.projects))
+                                for c in columns)])
+    headers = ["project", "ground truth", "compiled", "models", "logs", "other", "total",
+               "clean frees"]
+    click.echo(tabulate(rows, headers=headers) if rows else "no project has files there yet")
+    if found.base_models is not None:
+        click.echo(f"base models: {size(found.base_models)}; the rest of the tree (registry, "
+                   f"Scripts/): {size(found.elsewhere)}")
+    where = f"total {size(found.total)} under {found.root}"
+    if found.free is not None:
+        where += f"; {size(found.free)} free of {size(found.capacity)} on its filesystem"
+    click.echo(where)

@@ -83,6 +83,40 @@ class FetchPlan:
     provenance: dict = field(default_factory=dict)  # cluster/provenance.py: what made the model
 
 
+@dataclass
+class ProjectUsage:
+    """What one project occupies on the cluster, in bytes (cluster/usage.py says what is what)."""
+
+    project: str
+    ground_truth: int = 0
+    compiled: int = 0
+    models: int = 0
+    logs: int = 0
+    other: int = 0  # job scripts, events, split lists, sent code, submitit's files
+    total: int = 0
+    cleanable: int = 0  # what 'hpctrain clean PROJECT' would free
+
+
+@dataclass
+class Usage:
+    """`hpctrain usage`: the projects' rows, the rest of the tree, the filesystem's free space."""
+
+    root: str
+    projects: list[ProjectUsage]
+    base_models: int | None  # None when one project was asked for
+    elsewhere: int | None  # the registry, Scripts/, stray files; None for one project
+    total: int
+    free: int | None  # bytes the user may still write there (statvfs; a quota may allow less)
+    capacity: int | None  # the filesystem's size
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Usage":
+        return cls(**{**data, "projects": [ProjectUsage(**p) for p in data["projects"]]})
+
+
 @runtime_checkable
 class ClusterOps(Protocol):
     """Every job command's operations on the cluster side."""
@@ -132,6 +166,10 @@ class ClusterOps(Protocol):
 
     def clean(self, paths: list[str]) -> int:
         """Delete those files; return how many were deleted."""
+        ...
+
+    def usage(self, project: str | None = None) -> Usage:
+        """What each project (or one) occupies, by kind of file, and the free space."""
         ...
 
 

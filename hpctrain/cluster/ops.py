@@ -15,16 +15,24 @@ from pathlib import Path
 
 from .. import __version__
 from ..core.config import STATE_FOLDER, Tree
-from ..core.errors import GroundTruthError, HpctrainError, NotFoundError, RegistryError
+from ..core.errors import (
+    DiskFullError,
+    GroundTruthError,
+    HpctrainError,
+    NotFoundError,
+    RegistryError,
+    SchedulerError,
+    full_disk,
+)
 from ..core.files import write_text
 from ..core.layout import (
-    CLEANABLE_GLOBS,
     EVENTS,
     FETCHED,
     LAYOUT_VERSION,
     LOG,
     SCRIPT,
     SETTINGS,
+    SUBMITIT_DIR,
     compiled_dir_name,
     job_dir_name,
 )
@@ -34,9 +42,18 @@ from ..jobs.groundtruth import is_junk
 from ..jobs.requests import JobRequest, TorchrunRequest, recorded
 from ..jobs.split import split_pages
 from ..runtime import events
-from ..runtime.runner import read_settings
+from ..runtime.runner import RESERVE_BYTES, disk_full_error, read_settings
 from . import provenance
-from .api import MODEL_SUFFIXES, FetchPlan, JobStatus, StatusReport, Submission, inside_job
+from . import usage as sizes
+from .api import (
+    MODEL_SUFFIXES,
+    FetchPlan,
+    JobStatus,
+    StatusReport,
+    Submission,
+    Usage,
+    inside_job,
+)
 from .registry import JobRecord, JobState, Registry
 from .scheduler import Live, scheduler_for, waiting
 
@@ -192,7 +209,18 @@ class ClusterSide:
         """Register the job, write its folder (script, files, job.json), hand it to the scheduler.
 
         On any failure the registry entry and the folder are removed again: nothing
-        half-submitted stays."""
+        half-submitted stays. A full disk or quota is a DiskFullError."""
+        writing = [f"the job registry ({STATE_FOLDER}/registry.sqlite)"]  # what is being written
+        try:
+            return self._register_and_queue(request, params, render_files, dry_run, writing)
+        except (OSError, SchedulerError) as e:  # the scheduler wraps what submitit raised
+            reason = full_disk(e)
+            if reason:
+                raise DiskFullError.writing(reason, writing[-1], str(self.root)) from e
+            raise
+
+    def _register_and_queue(self, request, params: dict, render_files, dry_run: bool,
+                            writing: list[str]) -> Submission:
         kind, project, base = request.kind, request.project, getattr(request, "base", None)
         with self.registry() as registry:
             if dry_run:
@@ -202,6 +230,7 @@ class ClusterSide:
             record = registry.add(
                 kind, project, base, lambda i: self.job_dir_name(project, i, kind), params
             )
+            writing.append(f"job {record.id}'s folder {record.job_dir}")
             try:
                 script, files = render_files(record.id)
                 settings = {
@@ -216,8 +245,9 @@ class ClusterSide:
                 scheduler = scheduler_for(self.executor, self.root)
                 scheduler_id = scheduler.submit(job_dir, request.resources.time)
             except BaseException:
-                registry.delete(record.id)
+                # The folder first: on a full disk, that frees the space the registry needs.
                 shutil.rmtree(self.root / record.job_dir, ignore_errors=True)
+                registry.delete(record.id)
                 raise
             registry.update(record.id, state=JobState.PENDING, scheduler_id=scheduler_id)
             return Submission(registry.get(record.id), script, record.job_dir)
@@ -252,7 +282,12 @@ class ClusterSide:
                 if state != record.state:
                     if state.final:
                         self._record_silent_end(record, state, progress, live)
-                    registry.update(record.id, state=state)
+                    try:
+                        registry.update(record.id, state=state)
+                    except DiskFullError:  # a cache of what the events say: next time
+                        pass
+                if state == JobState.FAILED and not progress.error:
+                    progress.error = self._why_it_ended(record)
                 row = _row(record, state, progress, live)
                 damaged = damage.warning(f"{record.job_dir}/{EVENTS}", state.final)
                 row.warnings = ([damaged] if damaged else []) + warnings
@@ -266,9 +301,9 @@ class ClusterSide:
         if progress.ended is not None or not progress.started or state == JobState.CANCELLED:
             return
         said = live.said if live else None
-        why = SILENT_ENDS.get(said or "", "the job's runner stopped without reporting an end "
-                              "(killed, or its node failed)")
-        error = f"Slurm says {said}: {why}" if said in SILENT_ENDS else why
+        error = self._why_it_ended(record) or (
+            f"Slurm says {said}: {SILENT_ENDS[said]}" if said in SILENT_ENDS else
+            "the job's runner stopped without reporting an end (killed, or its node failed)")
         end = {"event": "end", "exit_code": None, "error": error, "scheduler_state": said}
         try:
             with open(self.root / record.job_dir / EVENTS, "a", encoding="utf-8") as sink:
@@ -303,6 +338,25 @@ class ClusterSide:
                 warnings.append(f"{record.job_dir}/{SETTINGS} {e}: the job cannot start again "
                                 "(a requeue would fail)")
         return progress, damage, warnings
+
+    def _why_it_ended(self, record: JobRecord) -> str | None:
+        """For a job that failed without saying why (its end event could not be written): a
+        full disk, if the tails of its log and of the scheduler's stderr say so, or if the disk
+        is full now."""
+        job_dir = self.root / record.job_dir
+        for path in [job_dir / LOG, *sorted((job_dir / SUBMITIT_DIR).glob("*.err"))]:
+            reason = full_disk(_tail(path))
+            if reason:
+                return disk_full_error(reason, f"{path.relative_to(job_dir)} says so")
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return None
+        if st.f_bavail * st.f_frsize < RESERVE_BYTES:
+            return ("it ended without recording why, and the cluster's disk is full now (no space "
+                    "left on device): free space ('hpctrain usage' shows what takes it) and "
+                    "submit the job again")
+        return None
 
     def job(self, job_id: int) -> JobStatus:
         return self.status([int(job_id)]).rows[0]
@@ -373,9 +427,21 @@ class ClusterSide:
             )
         return done[-1]
 
-    # -- cleaning -------------------------------------------------------------------------
+    # -- space and cleaning ---------------------------------------------------------------
+    def usage(self, project: str | None = None) -> Usage:
+        """What each project occupies (cluster/usage.py), and the filesystem's free space."""
+        if project is not None:
+            check_name(project, "project name")
+            if project not in sizes.known_projects(self.root, self.tree):
+                known = ", ".join(sizes.known_projects(self.root, self.tree)) or "none yet"
+                raise NotFoundError(
+                    f"project {project!r} has no files on the cluster (projects there: {known})"
+                )
+        return sizes.measure(self.root, self.tree, project)
+
     def clean_plan(self, project: str) -> list[dict]:
-        """Files `clean` would delete: compiled arrows and the project's job logs. Never models."""
+        """Files `clean` would delete: compiled arrows and the project's job logs. Never models.
+        The same accounting as `usage` (its `cleanable`)."""
         check_name(project, "project name")
         damaged: list[str] = []
         with self.registry() as registry:
@@ -390,15 +456,11 @@ class ClusterSide:
                 f"({', '.join(map(str, running))}): wait for them or cancel them "
                 "before cleaning"
             )
-        plan = []
-        compiled = self.folder("compiled") / project
-        if compiled.is_dir():
-            plan += sorted(compiled.rglob("*.arrow"))
-        for record in records:
-            job_dir = self.root / record.job_dir
-            for pattern in CLEANABLE_GLOBS:
-                plan += sorted(p for p in job_dir.glob(pattern) if p.is_file())
-        return [{"path": str(p.relative_to(self.root)), "size": p.stat().st_size} for p in plan]
+        return [
+            {"path": entry.rel, "size": entry.size}
+            for entry in sizes.entries(self.root, self.tree, project)
+            if entry.cleanable
+        ]
 
     def clean(self, paths: list[str]) -> int:
         removed = 0
@@ -409,6 +471,16 @@ class ClusterSide:
                 path.unlink()
                 removed += 1
         return removed
+
+
+def _tail(path: Path, size: int = 8192) -> str:
+    """The last `size` bytes of a file as text ('' if it cannot be read)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, os.fstat(handle.fileno()).st_size - size))
+            return handle.read(size).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 def _state(

@@ -49,7 +49,7 @@ from enum import Enum
 from pathlib import Path
 
 from ..core.config import STATE_FOLDER
-from ..core.errors import NotFoundError, RegistryError
+from ..core.errors import DiskFullError, NotFoundError, RegistryError, full_disk
 from ..core.files import part_name, write_shared
 from ..core.names import check_job_id
 
@@ -286,7 +286,15 @@ class Registry:
                 job_id += 1  # another submit took it a moment ago
 
     def _write(self, record: JobRecord) -> None:
-        write_shared(self._record_path(record.id), record_bytes(record, time.time()))
+        try:
+            write_shared(self._record_path(record.id), record_bytes(record, time.time()))
+        except OSError as e:
+            reason = full_disk(e)
+            if reason:
+                raise DiskFullError.writing(
+                    reason, f"the job registry ({self._shown(self.jobs)})", str(self.root)
+                ) from e
+            raise
 
     def add(
         self, kind: str, project: str, base: str | None, job_dir_for, params: dict
@@ -302,6 +310,11 @@ class Registry:
                 job_dir=job_dir_for(job_id), submitted=time.time(), params=params,
             ))
         except OSError as e:
+            reason = full_disk(e)
+            if reason:
+                raise DiskFullError.writing(
+                    reason, f"the job registry ({self._shown(self.state)})", str(self.root)
+                ) from e
             raise RegistryError(
                 f"cannot register the job in {self._shown(self.state)} "
                 f"({e.strerror or type(e).__name__}): check that folder on the cluster"

@@ -31,6 +31,8 @@ SUBMITIT_DIR = "submitit"
 SPLIT_PARTS = ("train", "validation", "test")
 VALIDATION_ARROW_LIST = f"{SPLIT_DIR}/validation_arrow.txt"
 ARROW_CHECK = "arrow_check.py"  # runtime/arrow_check.py, copied into kraken jobs that compile
+# Space the runner holds while a job runs and gives back for its last events if the disk fills.
+RESERVE = ".hpctrain-reserve"
 
 
 def split_file(part: str) -> str:

@@ -3,6 +3,11 @@
 It runs the job's rendered script with bash, keeps the raw output in `job.log`, and writes
 structured events to `events.jsonl` beside it as the lines arrive: start, steps, epochs,
 metrics, best model so far, early stop, test accuracy, and the error line when a command fails.
+
+When the disk or quota fills up while the job runs, a line that cannot be written is undone
+(the file is cut back to its last whole line) and counted; the job's output is still read and
+parsed. The runner holds a small reserve file in the job folder, given back once the job's
+process has ended, so that its last events (the `end` event saying the disk is full) find room.
 """
 
 from __future__ import annotations
@@ -11,16 +16,97 @@ import os
 import socket
 import subprocess
 import sys
+from collections import deque
 from pathlib import Path
 
-from ..core.errors import HpctrainError
-from ..core.layout import EVENTS, LOG, MODEL_DIR, SCRIPT, SETTINGS
+from ..core.errors import HpctrainError, full_disk
+from ..core.layout import EVENTS, LOG, MODEL_DIR, RESERVE, SCRIPT, SETTINGS
 from . import events
 from .logparse import LogParser
 
 
 class JobFailed(HpctrainError):
     """Raised by the runner when the job's script exits non-zero."""
+
+
+RESERVE_BYTES = 1 << 16  # room for the last events once the disk is full
+TAIL_LINES = 20  # the job's last lines, read for a full disk's words
+
+
+class Sink:
+    """A file the runner appends lines to. A write that fails (a full disk or quota) is undone,
+    the file cut back to its last whole line, and counted in `lost`; once writes work again, one
+    line says how many were lost."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.lost = 0
+        self.why: str | None = None  # the first failure, in words
+        self._handle = open(path, "ab", buffering=0)
+
+    def write(self, text: str) -> None:
+        if self.lost:
+            note = f"[hpctrain: {self.lost} line(s) lost here: {self.why}]\n"
+            if not self._append(note.encode()):
+                self.lost += 1
+                return
+            self.lost = 0
+        if not self._append(text.encode("utf-8", errors="replace")):
+            self.lost += 1
+
+    def _append(self, data: bytes) -> bool:
+        fd = self._handle.fileno()
+        try:
+            start = os.fstat(fd).st_size
+        except OSError:
+            start = None
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[self._handle.write(view):]
+            return True
+        except OSError as e:
+            self.why = self.why or full_disk(e) or e.strerror or type(e).__name__
+            if start is not None:
+                try:
+                    os.ftruncate(fd, start)
+                except OSError:
+                    pass
+            return False
+
+    def flush(self) -> None:  # unbuffered: each write is whole or undone
+        pass
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> "Sink":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def hold_reserve(job_dir: Path) -> Path | None:
+    """Take RESERVE_BYTES of the job folder's filesystem now (None if there is no room)."""
+    path = job_dir / RESERVE
+    try:
+        with open(path, "wb") as handle:
+            handle.write(bytes(RESERVE_BYTES))
+            handle.flush()
+            os.fsync(handle.fileno())
+        return path
+    except OSError:
+        path.unlink(missing_ok=True)
+        return None
+
+
+def disk_full_error(reason: str, error: str | None) -> str:
+    """The job's error line when the disk or quota filled up while it ran."""
+    disk = "disk quota" if "quota" in reason else "disk"
+    return (f"the cluster's {disk} is full ({reason}) while the job ran"
+            + (f" ({error})" if error else "")
+            + ": free space ('hpctrain usage' shows what takes it) and submit the job again")
 
 
 def find_best_model(job_dir: Path, reported: str | None) -> str | None:
@@ -103,7 +189,7 @@ class JobRunner:
         an event, so `status` counts the restarts."""
         import submitit
 
-        with open(Path(self.job_dir) / EVENTS, "a", encoding="utf-8") as sink:
+        with Sink(Path(self.job_dir) / EVENTS) as sink:
             events.append(sink, {"event": "requeue", "reason": "preempted or near its time limit"})
         self._stop_job()
         return submitit.helpers.DelayedSubmission(JobRunner(self.job_dir, self.queue_lock))
@@ -154,10 +240,22 @@ class JobRunner:
             ),
             None,
         )
-        with (
-            open(job_dir / LOG, "a", encoding="utf-8") as raw,
-            open(job_dir / EVENTS, "a", encoding="utf-8") as sink,
-        ):
+        reserve = hold_reserve(job_dir)
+        try:
+            code, error, best = self._watch(job_dir, env, parser, settings_error, reported_model,
+                                            reserve)
+        finally:
+            if reserve is not None:
+                reserve.unlink(missing_ok=True)
+        if code:
+            raise JobFailed(error)
+        return {"exit_code": 0, "best_model": best}
+
+    def _watch(self, job_dir: Path, env: dict, parser, settings_error: str | None,
+               reported_model: str | None, reserve: Path | None) -> tuple[int, str | None, str]:
+        """Run the script, keep its log and events; (exit code, error line, best model)."""
+        tail: deque[str] = deque(maxlen=TAIL_LINES)
+        with Sink(job_dir / LOG) as raw, Sink(job_dir / EVENTS) as sink:
             events.append(
                 sink,
                 {"event": "start", "host": socket.gethostname(), "pid": os.getpid(),
@@ -182,18 +280,25 @@ class JobRunner:
             self._process = process
             for line in process.stdout:
                 raw.write(line)
-                raw.flush()
+                tail.append(line)
                 for event in parser.feed(line):
                     if event["event"] == "model":
                         reported_model = event["path"]
                     events.append(sink, event)
             code = process.wait()
+            if reserve is not None:  # room for the last events
+                reserve.unlink(missing_ok=True)
             best = find_best_model(job_dir, reported_model)
             events.append(sink, {"event": "result", "best_model": best})
             error = parser.last_error if code else None
             if code and not error:
                 error = f"job script exited with code {code}"
+            full = full_disk(raw.why) or full_disk(sink.why) or full_disk("".join(tail))
+            if full and code:
+                error = disk_full_error(full, error)
+            elif full or raw.lost:
+                events.append(sink, {"event": "warning", "line": (
+                    f"{LOG} lost {raw.lost} line(s): {raw.why}" if raw.lost else
+                    f"the job said that the cluster's disk is full ({full})")})
             events.append(sink, {"event": "end", "exit_code": code, "error": error})
-        if code:
-            raise JobFailed(error)
-        return {"exit_code": 0, "best_model": best}
+        return code, error, best

@@ -4,33 +4,15 @@ sits under its final name, and afterwards both trees hold the same bytes (SHA-25
 from __future__ import annotations
 
 import hashlib
-import random
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import Cli, sample_gt
-from helpers import ssh_workspace
+from helpers import Cli, make_big_pages, ssh_workspace
 
 pytestmark = pytest.mark.integration
-
-
-def make_big_pages(folder: Path, pages: int, side: int = 500) -> None:
-    """Pages whose PNG is noise (incompressible, side*side bytes), so a push takes long enough to
-    cut."""
-    from PIL import Image
-
-    rng = random.Random(1)
-    folder.mkdir(parents=True)
-    for i in range(pages):
-        name = f"page{i:04d}.png"
-        Image.frombytes("L", (side, side), rng.randbytes(side * side)).save(
-            folder / name, compress_level=0
-        )
-        records = [("lorem ipsum", [(10, 40), (200, 40)], [(6, 6), (204, 6), (204, 50), (6, 50)])]
-        (folder / f"page{i:04d}.xml").write_text(sample_gt.page_xml(name, (side, side), records))
 
 
 def digests(folder: Path) -> dict[str, str]:

@@ -2,19 +2,49 @@
 host, user, port, key, ProxyJump chain and strict known_hosts as the connection.
 
 rsync writes each file under a temporary name and renames it, so a cut transfer leaves no
-partial file under a final name.
+partial file under a final name; on an error it removes that temporary file itself. A full
+disk or quota shows in its stderr (`rsync: [receiver] write failed on "PATH": No space left on
+device (28)`, then exit code 11 or 23), often followed by other lines (`Broken pipe`).
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
 import tempfile
 
-from ...core.errors import TransportError
+from ...core.errors import TransportError, full_disk
 from ..api import Progress, SyncPlan
 from .connection import Connection, SshTarget
+
+
+class DiskFull(TransportError):
+    """rsync said that the cluster's disk or quota is full; `path` is the file it was writing
+    (its final name), when it said."""
+
+    def __init__(self, reason: str, path: str | None, line: str):
+        super().__init__(line)
+        self.reason, self.path = reason, path
+
+
+_TEMPORARY = re.compile(r"^\.(.+)\.[A-Za-z0-9]{6}$")  # rsync's own temporary name: .NAME.XXXXXX
+
+
+def full_disk_in(stderr: str) -> DiskFull | None:
+    """The first line of rsync's stderr that says the disk or quota is full, with its path."""
+    for line in stderr.splitlines():
+        reason = full_disk(line)
+        if reason:
+            quoted = re.search(r'"([^"]+)"', line)
+            path = quoted.group(1) if quoted else None
+            if path:
+                folder, _, name = path.rpartition("/")
+                match = _TEMPORARY.match(name)
+                path = f"{folder}/{match.group(1)}" if match else path
+            return DiskFull(reason, path, line.strip())
+    return None
 
 
 def ssh_command(target: SshTarget) -> list[str]:
@@ -80,6 +110,9 @@ def send(
                 progress(by_name[name])
         err = process.stderr.read()
         if process.wait():
+            full = full_disk_in(err)
+            if full is not None:
+                raise full
             raise TransportError(
                 f"rsync to {target.key_name} failed: {(err.strip().splitlines() or ['?'])[-1]}"
             )

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path, PurePosixPath
 
 from ...core.config import STATE_FOLDER, Tree, Workspace
-from ...core.errors import TransportError
+from ...core.errors import FULL_ERRNOS, DiskFullError, TransportError
 from ..api import Progress, RemoteFile, SyncPlan
 from ..local import safe_rel
 from . import rsync, sftp
@@ -21,6 +22,40 @@ for rel in json.load(sys.stdin):
     except OSError:
         pass
 print(json.dumps(out))
+"""
+
+# Why a write failed, asked on the cluster while the failed part still holds its space: the
+# filesystem's free space against what was left to write (ENOSPC), else a small write next to
+# it (EDQUOT: a quota does not show in statvfs). sftp-server says only "Failure" for both.
+FULL_PROBE = """import errno, json, os, sys
+folder, part, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+while folder != "/" and not os.path.isdir(folder):
+    folder = os.path.dirname(folder)
+try:
+    need = max(size - os.stat(part).st_size, 1)
+except OSError:
+    need = max(size, 1)
+try:
+    st = os.statvfs(folder)
+    free = st.f_bavail * st.f_frsize
+except OSError:
+    free = None
+error = "ENOSPC" if free is not None and free < need else None
+if error is None:
+    probe = os.path.join(folder, ".hpctrain-probe.hpctrain-part")
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(bytes(min(need, 1 << 20)))
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as e:
+        error = errno.errorcode.get(e.errno)
+    finally:
+        try:
+            os.unlink(probe)
+        except OSError:
+            pass
+print(json.dumps({"free": free, "error": error}))
 """
 
 
@@ -63,11 +98,33 @@ class SshTransport:
         return sftp.walk(self.connection.sftp(), str(self._remote(rel)))
 
     def put(self, local: Path, rel: str) -> None:
-        sftp.upload(self.connection.sftp(), local, self._remote(rel))
+        sftp.upload(self.connection.sftp(), local, self._remote(rel), full=self._full_disk)
 
     def put_absolute(self, local: Path, remote: str) -> None:
         """Upload to an absolute remote path (setup's wheels), atomically."""
-        sftp.upload(self.connection.sftp(), local, PurePosixPath(remote))
+        sftp.upload(self.connection.sftp(), local, PurePosixPath(remote), full=self._full_disk)
+
+    def _full_disk(
+        self, target: PurePosixPath, part: PurePosixPath, size: int
+    ) -> DiskFullError | None:
+        """A DiskFullError if writing `size` bytes at `target` failed for a full disk or quota
+        (FULL_PROBE, on the cluster); None if the cluster cannot tell or says otherwise."""
+        try:
+            code, out, _err = self.connection.run(
+                ["python3", "-c", FULL_PROBE, str(target.parent), str(part), str(size)]
+            )
+            found = json.loads(out) if code == 0 else {}
+        except (TransportError, ValueError):
+            return None
+        reason = FULL_ERRNOS.get(getattr(errno, found.get("error") or "", None))
+        return DiskFullError.writing(reason, *self._in_words(target)) if reason else None
+
+    def _in_words(self, target: PurePosixPath) -> tuple[str, str]:
+        """(what, where): a path under the root relative to it, else its name and folder."""
+        root = PurePosixPath(self.root)
+        if target.is_relative_to(root):
+            return str(target.relative_to(root)), str(root)
+        return target.name, str(target.parent)
 
     def get(self, rel: str, local: Path) -> None:
         sftp.download(self.connection.sftp(), str(self._remote(rel)), local, rel)
@@ -98,12 +155,26 @@ class SshTransport:
             return
         if rsync.usable(self.connection, self.profile.transfer):
             base = self._remote(plan.remote_folder)
-            sftp.make_dirs(self.connection.sftp(), base)
-            rsync.send(self.target, plan, str(base), progress)
+            try:
+                sftp.make_dirs(self.connection.sftp(), base)
+            except OSError as e:
+                found = self._full_disk(base, base, sftp.FOLDER_SIZE)
+                if found is not None:
+                    raise found from e
+                raise TransportError(f"cannot create the folder {base} on the cluster: {e}") from e
+            try:
+                rsync.send(self.target, plan, str(base), progress)
+            except rsync.DiskFull as e:  # rsync removed its temporary file
+                what = (self._in_words(PurePosixPath(e.path))[0] if e.path
+                        else f"{len(plan.transfers)} file(s) into {plan.remote_folder}")
+                raise DiskFullError.writing(e.reason, what, self.root) from e
             return
         items = [(t.local, self._remote(t.remote)) for t in plan.transfers]
         sftp.upload_many(
-            self.connection, items, (lambda i: progress(plan.transfers[i])) if progress else None
+            self.connection,
+            items,
+            (lambda i: progress(plan.transfers[i])) if progress else None,
+            full=self._full_disk,
         )
 
     def close(self) -> None:
