@@ -54,6 +54,10 @@ class JobStatus:
     never_starts: bool = False  # the request cannot be met as it is: it will never start
     expected_start: str | None = None  # Slurm's estimate of when a PENDING job starts
     best_epoch: int | None = None
+    # how training ended: "early" (early stopping, at stopped_epoch; best at best_epoch),
+    # "bound" (it ran its `epochs`), None (not ended, or ended otherwise)
+    stopped: str | None = None
+    stopped_epoch: int | None = None
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -367,8 +367,9 @@ def _state(
 
 
 # What a status row takes from the job's events as they are.
-PROGRESS_FIELDS = ("step", "epoch", "total_epochs", "best_metric", "best_value", "test",
-                   "early_stopped", "error", "checkpoint_epoch")
+PROGRESS_FIELDS = ("step", "epoch", "total_epochs", "best_metric", "best_value", "best_epoch",
+                   "test", "early_stopped", "stopped", "stopped_epoch", "error",
+                   "checkpoint_epoch")
 
 
 def _row(record: JobRecord, state: JobState, progress: events.Progress,

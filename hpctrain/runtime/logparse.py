@@ -8,10 +8,25 @@ that any script can print:
 
 An event is a flat JSON object with at least `event`. Kinds produced here:
 `epoch` (epoch, total, metrics, early_stopping), `best` (metric, value, epoch), `model` (path,
-score),
-`early_stop`, `stopped` (reason), `test` (char_accuracy, word_accuracy), `warning` (line),
-`alert` / `alert_cleared` (a project's metric bounds, see alerts.py), and anything a script
-sends with the marker. A `metrics` event is flat: `epoch`, optional `total`, then name: number.
+score), `early_stop` (epoch, best_epoch), `stopped` (reason), `test` (char_accuracy,
+word_accuracy), `warning` (line), `alert` / `alert_cleared` (a project's metric bounds, see
+alerts.py), and anything a script sends with the marker. A `metrics` event is flat: `epoch`,
+optional `total`, then name: number.
+
+ketos prints one `stage k/N` line per epoch (k from 0; N is `∞` when it has no bound, and
+always on 4.3, whose job bound `epochs` then gives the total). Two things need care:
+
+- Some versions print an epoch's line twice (kraken #603): once when its training batches end,
+  still showing the previous validation, then after validation. An epoch is reported once. A
+  line that repeats the last reported line's values (all but `*_step` metrics and the
+  early-stopping column), or that has no validation metric yet, is held back until the same
+  epoch's next line replaces it, or the next epoch shows it was a line of its own.
+- Early stopping's column (`early_stopping: waited/lag best`) reaches lag/lag where Lightning
+  decides to stop, but `--min-epochs` keeps training going and the count goes on (3/2, or back
+  to 0 after an improvement); the decision stands (Lightning's `should_stop` is never reset),
+  so the training ends at the first epoch both allow. `early_stop` is therefore reported once,
+  when the training is over (ketos' "best model" line, or `finish()` for a job that exited
+  cleanly), with the epoch it stopped at and the best epoch.
 """
 
 from __future__ import annotations
@@ -23,9 +38,12 @@ from typing import Iterable, Iterator
 MARKER = "##hpctrain "
 MONITORED = ("val_mean_iu", "val_accuracy", "val_auc")  # first present wins: segtrain, train, user
 
-_STAGE = re.compile(r"stage (\d+)/(\d+|∞)")
-_METRIC = re.compile(r"([A-Za-z_][A-Za-z0-9_]*): (-?[0-9.]+(?:e-?\d+)?|-?inf|nan)")
-_EARLY = re.compile(r"early_stopping: (\d+)/(\d+)")
+# Epoch lines are matched as bytes (parse_file reads bytes; feed encodes its line), so that a
+# line gives the same event whichever way it arrives.
+_INF = "∞".encode()
+_STAGE = re.compile(rb"stage ([0-9]+)/([0-9]+|\xe2\x88\x9e)([^\n]*)")
+_METRIC = re.compile(rb"([A-Za-z_][A-Za-z0-9_]*): (-?[0-9.]+(?:e-?[0-9]+)?|-?inf|nan)")
+_EARLY = re.compile(rb"early_stopping: ([0-9]+)/([0-9]+)(?: (-?[0-9.]+|-?inf|nan))?")
 _CONVERT = re.compile(
     r"(?:Converting|Moving) best model (.+?) \((?:score: )?([-0-9.e]+|-?inf|nan)\) "
     r"to (?:weights file |weights )?(.+)$"
@@ -33,20 +51,60 @@ _CONVERT = re.compile(
 _CHAR_ACC = re.compile(r"^([0-9.]+)%\s+Character Accuracy$")
 _WORD_ACC = re.compile(r"^([0-9.]+)%\s+Word Accuracy$")
 _AVG_ACC = re.compile(r"Average accuracy: ([0-9.]+)%")
-_MAX_EPOCHS = re.compile(r"stopped: `?max_epochs=(\d+)`? reached")
+_MAX_EPOCHS = re.compile(r"stopped: `?max_epochs=([0-9]+)`? reached")
 _ERROR = re.compile(r"^(Error: .+|[A-Za-z_][\w.]*(Error|Exception): .+)$")
 
 
-class LogParser:
-    """Feed it lines; it returns the events each line produces and remembers the last error line."""
+class _Names(dict):
+    """Metric names as str, each decoded once (a log has a handful; a hostile one is capped)."""
 
-    def __init__(self, monitor: str | None = None, alerts=()) -> None:
+    def __missing__(self, key: bytes) -> str:
+        if len(self) >= 4096:
+            self.clear()
+        name = self[key] = key.decode("ascii")
+        return name
+
+
+_NAMES = _Names()
+
+
+def _metrics(pairs: list[tuple[bytes, bytes]]) -> dict:
+    """name: value of an epoch line's metrics, without the early-stopping column."""
+    try:
+        return {_NAMES[k]: float(v) for k, v in pairs if k != b"early_stopping"}
+    except ValueError:  # a value such as "1.2.3" is not a number: that one is left out
+        found = {}
+        for k, v in pairs:
+            try:
+                if k != b"early_stopping":
+                    found[_NAMES[k]] = float(v)
+            except ValueError:
+                pass
+        return found
+
+
+class LogParser:
+    """Feed it lines; it returns the events each line produces and remembers the last error line.
+
+    `epochs` is the job's bound on epochs, the total of an epoch line that shows none. Call
+    `finish()` at the end of the output for what only the end can tell."""
+
+    def __init__(self, monitor: str | None = None, alerts=(), epochs: int | None = None) -> None:
         from .alerts import AlertWatch
 
         self.last_error: str | None = None
         self.best: float | None = None
+        self.best_epoch: int | None = None
         self.monitored = (monitor,) if monitor else MONITORED
         self.alerts = AlertWatch(alerts)
+        self.epochs = epochs
+        self._new_training()
+
+    def _new_training(self) -> None:
+        self._shown: int | None = None  # the last epoch reported
+        self._seen: tuple | None = None  # (metrics, early-stopping column) of that line
+        self._held: tuple | None = None  # a line held back: (epoch, total, metrics, column)
+        self._stop_at: int | None = None  # first epoch whose waited count reached the lag
 
     def feed(self, line: str) -> list[dict]:
         line = line.rstrip("\r\n")
@@ -55,23 +113,22 @@ class LogParser:
         if line.startswith(MARKER):
             return self._marker(line)
         if line.startswith("stage "):
-            return self._stage(line)
+            match = _STAGE.match(line.encode("utf-8", "replace"))
+            return self.stage_lines([match.groups()]) if match else []
         if "best model" in line:
             match = _CONVERT.search(line)
             if match:
-                return [
-                    {
-                        "event": "model",
-                        "path": match.group(3).strip(),
-                        "score": float(match.group(2)),
-                    }
-                ]
+                model = {"event": "model", "path": match.group(3).strip(),
+                         "score": float(match.group(2))}
+                return self._training_over(completed=True) + [model]
         if "Accuracy" in line or "accuracy" in line:
             return self._accuracy(line)
         if "max_epochs=" in line:
             match = _MAX_EPOCHS.search(line)
             if match:
-                return [{"event": "stopped", "reason": "max_epochs", "epochs": int(match.group(1))}]
+                stopped = {"event": "stopped", "reason": "max_epochs",
+                           "epochs": int(match.group(1))}
+                return self._training_over(completed=True) + [stopped]
         if line.startswith(("WARNING", "[WARNING")) and (
             "Invalid input" in line or "Could not open" in line
         ):
@@ -82,6 +139,11 @@ class LogParser:
             if _ERROR.match(line.strip()):
                 self.last_error = line.strip()
         return []
+
+    def finish(self, completed: bool = False) -> list[dict]:
+        """What the end of the output tells: a line still held back, and, if the job's process
+        exited cleanly (`completed`), an early stop whose "best model" line never came."""
+        return self._training_over(completed)
 
     def _marker(self, line: str) -> list[dict]:
         try:
@@ -98,23 +160,81 @@ class LogParser:
             events += self.alerts.check(event, event.get("epoch"))
         return events
 
-    def _stage(self, line: str) -> list[dict]:
-        match = _STAGE.match(line)
-        if not match:
-            return []
-        metrics = {k: float(v) for k, v in _METRIC.findall(line) if k != "early_stopping"}
-        total = None if match.group(2) == "∞" else int(match.group(2)) + 1
-        epoch = int(match.group(1)) + 1
-        event = {"event": "epoch", "epoch": epoch, "total": total, "metrics": metrics}
+    # -- epoch lines ------------------------------------------------------------------------
+    def stage_lines(self, lines: Iterable[tuple[bytes, bytes, bytes]]) -> list[dict]:
+        """The events of `stage` lines, each given as (epoch, total, rest of the line) bytes."""
+        events: list[dict] = []
+        for epoch, total, rest in lines:
+            cut = rest.find(b": ")
+            if cut < 0:
+                metrics, column = {}, None
+            else:
+                start = rest.rfind(b" ", 0, cut) + 1  # metrics begin at the word before ": "
+                metrics = _metrics(_METRIC.findall(rest, start))
+                column = _EARLY.search(rest, start)
+                column = column.groups() if column else None
+            events += self._epoch(
+                int(epoch) + 1, None if total == _INF else int(total) + 1, metrics, column
+            )
+        return events
+
+    def _epoch(self, epoch: int, total: int | None, metrics: dict, column) -> list[dict]:
+        events: list[dict] = []
+        if self._held is not None:
+            held, self._held = self._held, None
+            if held[0] == epoch:  # the epoch's second line: the one after its validation
+                return self._show(epoch, total, metrics, column)
+            events = self._show(*held)  # a line of its own after all
+        if self._shown is not None:
+            if epoch == self._shown:
+                return events  # the same epoch printed twice (kraken #603): reported once
+            if epoch < self._shown:
+                self._new_training()  # a training started again (a requeued job) in this output
+        if self._repeats(metrics, column):
+            self._held = (epoch, total, metrics, column)
+            return events
+        return events + self._show(epoch, total, metrics, column)
+
+    def _repeats(self, metrics: dict, column) -> bool:
+        """Whether a line may be the first of an epoch printed twice: it shows no validation yet,
+        or the same values as the line reported last."""
+        if self._seen is None:
+            return not any(name.startswith("val_") for name in metrics)
+        seen, seen_column = self._seen
+        if column != seen_column or metrics.keys() != seen.keys():
+            return False
+        for name, value in metrics.items():
+            if value != seen[name] and not name.endswith("_step"):
+                return False
+        return True
+
+    def _show(self, epoch: int, total: int | None, metrics: dict, column) -> list[dict]:
+        self._shown, self._seen = epoch, (metrics, column)
+        event = {
+            "event": "epoch",
+            "epoch": epoch,
+            "total": self.epochs if total is None else total,
+            "metrics": metrics,
+        }
         events = [event]
-        early = _EARLY.search(line)
-        if early:
-            waited, lag = int(early.group(1)), int(early.group(2))
+        if column is not None:
+            waited, lag = int(column[0]), int(column[1])
             event["early_stopping"] = [waited, lag]
+            if waited >= lag and self._stop_at is None:
+                self._stop_at = epoch
         events += self._best_from(metrics, epoch)
-        events += self.alerts.check(metrics, epoch)
-        if early and waited >= lag:
-            events.append({"event": "early_stop", "epoch": epoch})
+        if self.alerts.alerts:
+            events += self.alerts.check(metrics, epoch)
+        return events
+
+    def _training_over(self, completed: bool) -> list[dict]:
+        """A training ended (ketos reported its best model or its bound, or the output ended):
+        the line held back, then the early stop if early stopping ended it."""
+        events = self._show(*self._held) if self._held is not None else []
+        if completed and self._stop_at is not None:
+            events.append({"event": "early_stop", "epoch": self._shown,
+                           "best_epoch": self.best_epoch})
+        self._new_training()
         return events
 
     def _best_from(self, metrics: dict, epoch) -> list[dict]:
@@ -122,7 +242,7 @@ class LogParser:
             value = metrics.get(name)
             if isinstance(value, (int, float)):
                 if self.best is None or value > self.best:
-                    self.best = value
+                    self.best, self.best_epoch = value, epoch
                     return [{"event": "best", "metric": name, "value": value, "epoch": epoch}]
                 return []
         return []
@@ -144,6 +264,7 @@ def parse_lines(lines: Iterable[str]) -> Iterator[dict]:
     parser = LogParser()
     for line in lines:
         yield from parser.feed(line)
+    yield from parser.finish()
 
 
 # Every line the parser acts on contains one of these; the rest of a log (tables, progress noise)
@@ -203,6 +324,7 @@ def parse_file(path, parser: LogParser | None = None, chunk_size: int = 8 << 20)
                 yield from parser.feed(line.decode("utf-8", errors="replace"))
         for line in _candidate_lines(rest):
             yield from parser.feed(line.decode("utf-8", errors="replace"))
+    yield from parser.finish()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -149,6 +149,8 @@ class JobRunner:
                         reported_model = event["path"]
                     events.append(sink, event)
             code = process.wait()
+            for event in parser.finish(completed=code == 0):
+                events.append(sink, event)
             best = find_best_model(job_dir, reported_model)
             events.append(sink, {"event": "result", "best_model": best})
             error = parser.last_error if code else None
