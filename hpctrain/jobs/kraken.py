@@ -92,6 +92,16 @@ class Dialect:
         return ["-q", self.fixed_quit, "-N", str(params.epochs)]
 
 
+def epoch_bound(request) -> int | None:
+    """The number of epochs a job trains at most, as ketos counts them; None if it has no bound.
+
+    Under early stopping ketos ignores `-N` (4.3 and 7.x alike: `max_epochs=epochs if quit ==
+    'fixed' else -1`; 'dumb' on 4.3): only `--min-epochs` and the lag end the training."""
+    if request.kind == "compile" or request.params.early_stopping:
+        return None
+    return request.params.epochs
+
+
 def dialect_for(version: str) -> Dialect:
     if not re.fullmatch(r"\d+\.\d+(\.\d+)?([a-z0-9.]*)?", version or ""):
         raise ConfigError(

@@ -28,7 +28,7 @@ class TrainParams:
 
     spec: str | None = None  # VGSL network spec; used when training without a base model
     learning_rate: float = 0.0001
-    epochs: int = 50  # upper bound on epochs (-N)
+    epochs: int = 50  # -N: epochs to train without early stopping (ketos ignores it with it)
     min_epochs: int = 20
     early_stopping: bool = True  # stop when the validation metric stops improving
     lag: int = 10  # epochs without improvement before stopping

@@ -40,7 +40,8 @@ def find_best_model(job_dir: Path, reported: str | None) -> str | None:
 
 
 def _parser(job_dir: Path) -> LogParser:
-    """A log parser with the job's chosen metric and alerts (job.json, written at submission)."""
+    """A log parser with the job's chosen metric, alerts and bound on epochs (job.json, written
+    at submission)."""
     import json
 
     from .alerts import Alert
@@ -49,7 +50,11 @@ def _parser(job_dir: Path) -> LogParser:
         settings = json.loads((job_dir / SETTINGS).read_text(encoding="utf-8"))
     except FileNotFoundError:
         settings = {}
-    return LogParser(settings.get("monitor"), [Alert(**a) for a in settings.get("alerts", [])])
+    return LogParser(
+        settings.get("monitor"),
+        [Alert(**a) for a in settings.get("alerts", [])],
+        settings.get("epochs"),
+    )
 
 
 class JobRunner:

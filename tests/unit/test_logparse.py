@@ -246,3 +246,43 @@ def test_status_json_tells_an_early_stop_from_a_run_to_its_bound(workspace, cli)
         ("early", 9, 6, True), ("bound", 25, None, False), ("bound", 3, None, False),
         (None, None, None, False),
     ]
+
+
+@pytest.mark.parametrize("kind, early, expected", [
+    ("transcription", False, 30), ("segmentation", False, 30), ("transcription", True, None),
+    ("compile", False, None),
+])
+def test_total_epochs_from_the_job_when_ketos_shows_none(tmp_path, monkeypatch, kind, early,
+                                                         expected):
+    """kraken 4.3 prints `stage k/∞` even for a fixed number of epochs: the total comes from the
+    job (job.json); under early stopping ketos ignores -N, so there is no total to show."""
+    from dataclasses import replace
+
+    from hpctrain.cluster import scheduler
+    from hpctrain.cluster.ops import ClusterSide
+    from hpctrain.core.config import Tree
+    from hpctrain.jobs.requests import JobRequest, Resources, Split, TrainParams
+    from hpctrain.runtime.runner import _parser
+
+    class Queued:  # queues nothing: the job folder is what this test reads
+        def __init__(self, root):
+            pass
+
+        def submit(self, job_dir, time_limit):
+            return "1"
+
+    monkeypatch.setitem(scheduler.SCHEDULERS, "queued", Queued)
+    side = ClusterSide(tmp_path / "root", Tree(), "queued")
+    side.ensure_tree()
+    pages = side.folder("ground_truth") / "Demo"
+    pages.mkdir(parents=True)
+    for i in range(10):
+        (pages / f"p{i}.xml").write_text("<PcGts/>")
+    params = replace(TrainParams(spec="[1,48,0,1 Lbx100]"), epochs=30, early_stopping=early)
+    request = JobRequest(kind=kind, project="Demo", format="page", base=None, params=params,
+                         split=Split(), resources=Resources(), device="cpu",
+                         kraken_version="4.3.13")
+    job = side.submit(request).job
+    parser = _parser(side.root / job.job_dir)
+    epoch = parser.feed("stage 0/∞ ━━━━ 48/48 0:00:01 • 0:00:00 34.42it/s val_accuracy: 0.5\n")
+    assert [(e["epoch"], e["total"]) for e in epoch if e["event"] == "epoch"] == [(1, expected)]
