@@ -131,6 +131,7 @@ class ClusterSide:
             # A dry run may show where a base model still on the laptop will be.
             request = replace(request, base_path=str(self.resolve_base(request.base)))
         dialect = kraken.resolve_dialect(request.kraken_version)
+        kraken.check_params(dialect, request.kind, request.params, request.project)
         split = split_pages(
             self.pages(request.project),
             request.split.train,

@@ -18,8 +18,9 @@ _MEM = re.compile(r"\d+[KMGT]?")
 _SPEC = re.compile(r"\[[0-9A-Za-z,.:()\s\-{}/+]*\]")
 _SLURM_WORD = re.compile(r"[A-Za-z0-9_.,&|\-]+")
 _MAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+")
-OPTIMIZERS = ("Adam", "AdamW", "SGD", "RMSprop")
-RESIZE_MODES = ("new", "union", "fail")
+OPTIMIZERS = ("Adam", "AdamW", "SGD", "RMSprop")  # what a kraken version lacks: kraken.check_params
+RESIZE_ALIASES = {"add": "union", "both": "new"}  # kraken's names before 4.3.10
+RESIZE_MODES = ("new", "union", "fail", *RESIZE_ALIASES)  # rendered per version: Dialect.resize
 
 
 @dataclass(frozen=True)
@@ -171,9 +172,12 @@ def validate_params(params: TrainParams, where: str) -> TrainParams:
         raise ConfigError(f"{where}: resize must be {', '.join(RESIZE_MODES)}")
     if params.optimizer not in OPTIMIZERS:
         raise ConfigError(f"{where}: optimizer must be {', '.join(OPTIMIZERS)}")
-    for name in ("epochs", "min_epochs", "lag"):
-        if not isinstance(getattr(params, name), int) or getattr(params, name) < 1:
-            raise ConfigError(f"{where}: {name} must be a whole number ≥ 1")
+    for name in ("epochs", "min_epochs", "lag", "batch_size", "pad"):
+        value, least = getattr(params, name), 0 if name == "pad" else 1
+        if value is None and name in ("batch_size", "pad"):
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ConfigError(f"{where}: {name} must be a whole number ≥ {least}")
     if not isinstance(params.learning_rate, (int, float)) or params.learning_rate <= 0:
         raise ConfigError(f"{where}: learning_rate must be a positive number")
     return params
