@@ -43,7 +43,7 @@ MONITORED = ("val_mean_iu", "val_accuracy", "val_auc")  # first present wins: se
 # line gives the same event whichever way it arrives.
 _INF = "∞".encode()
 _STAGE = re.compile(rb"stage ([0-9]+)/([0-9]+|\xe2\x88\x9e)([^\n]*)")
-_METRIC = re.compile(rb"([A-Za-z_][A-Za-z0-9_]*): (-?[0-9.]+(?:e-?[0-9]+)?|-?inf|nan)")
+_METRIC = re.compile(rb"([A-Za-z_][A-Za-z0-9_]*+): (-?[0-9.]++(?:e-?[0-9]++)?|-?inf|nan)")
 _EARLY = re.compile(rb"early_stopping: ([0-9]+)/([0-9]+)(?: (-?[0-9.]+|-?inf|nan))?")
 _CONVERT = re.compile(
     r"(?:Converting|Moving) best model (.+?) \((?:score: )?([-0-9.e]+|-?inf|nan)\) "
@@ -318,8 +318,9 @@ _OTHER_LINES = (  # (needle, test of a hit: block, hit, start and end of the str
     (b"best model", None),  # "Converting best model X (score: 0.9) to ...", 4.3: "Moving ..."
     (b"%", _accuracy_line),  # ketos test: "99.41%  Character Accuracy", "Average accuracy: 9%"
     (b"=", lambda b, at, start, end: b.endswith(b"max_epochs", start, at)),
-    (b"WARNING", lambda b, at, start, end: at == start or b[at - 1] == 10 or (
-        b[at - 1] == 91 and (at - 1 == start or b[at - 2] == 10))),  # at a line's start, or "["
+    (b"W", lambda b, at, start, end: b.startswith(b"WARNING", at) and (
+        at == start or b[at - 1] == 10 or (  # at a line's start, or after a "[" there
+            b[at - 1] == 91 and (at - 1 == start or b[at - 2] == 10)))),
     (b"E", lambda b, at, start, end: b.startswith((b"Error: ", b"Exception: "), at)),
     (b"command not found", None),
 )
