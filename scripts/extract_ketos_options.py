@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
-"""Record which options ketos accepts, per subcommand, as JSON (a test fixture).
+"""Record which options ketos accepts, per subcommand, and the values of its choice options, as
+JSON (a test fixture: {"version", "ketos": [flags], "compile": [flags], ..., "choices":
+{"train": {"--optimizer": [values], ...}, ...}}).
 
 # from the installed kraken (introspects its click commands)
 python scripts/extract_ketos_options.py --installed > tests/fixtures/ketos-options-7.1.1.json
-# from a kraken source checkout at a tag (no install needed; kraken 4.3 cannot be installed
-# next to torch 2.13)
-git -C kraken show 4.3.13:kraken/ketos/__init__.py > /tmp/i.py ...   (see --source)
-python scripts/extract_ketos_options.py --source DIR > tests/fixtures/ketos-options-4.3.13.json
+# from a release's sources, no install needed (kraken 4.3 cannot be installed next to
+# torch 2.13): a folder named after the version holding kraken/ketos/{__init__,dataset,
+# recognition,segmentation}.py, e.g. from `pip download kraken==4.3.13 --no-deps` (unzip the
+# wheel) or `git -C kraken show 4.3.13:kraken/ketos/recognition.py`
+python scripts/extract_ketos_options.py --source 4.3.13 > tests/fixtures/ketos-options-4.3.13.json
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -23,6 +26,7 @@ SUBCOMMANDS = ("compile", "train", "segtrain", "test")
 def from_installed() -> dict:
     from importlib.metadata import version
 
+    import click
     from kraken.ketos import cli
 
     def options(command):
@@ -30,45 +34,76 @@ def from_installed() -> dict:
             {o for p in command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("-")}
         )
 
+    def choices(command):
+        return {
+            o: list(p.type.choices)
+            for p in command.params
+            if isinstance(p.type, click.Choice)
+            for o in sorted(p.opts)
+        }
+
+    commands = {"ketos": cli, **{name: cli.commands[name] for name in SUBCOMMANDS}}
     return {
         "version": version("kraken"),
-        "ketos": options(cli),
-        **{name: options(cli.commands[name]) for name in SUBCOMMANDS},
+        **{name: options(command) for name, command in commands.items()},
+        "choices": {name: choices(command) for name, command in commands.items()},
     }
 
 
-def _source_options(text: str) -> list[str]:
-    found = set()
-    for call in re.findall(r"@click\.option\(([^)]*)", text):
-        for opt in re.findall(r"'(-[^']+)'", call):
-            found.update(opt.split("/"))
-    return sorted(o for o in found if o.startswith("-"))
+def _named(node, dotted: str) -> bool:
+    """Whether an AST node is the name `module.attr`, e.g. click.option."""
+    if not isinstance(node, ast.Attribute):
+        return False
+    return f"{getattr(node.value, 'id', '')}.{node.attr}" == dotted
+
+
+def _source_commands(text: str) -> dict[str, tuple[list[str], dict]]:
+    """name -> (flags, choices) of each click command (and the group, as 'ketos') in a module."""
+    found = {}
+    for node in ast.walk(ast.parse(text)):
+        if not isinstance(node, ast.FunctionDef):
+            continue
+        name, flags, choices = None, set(), {}
+        for decorator in node.decorator_list:
+            if not isinstance(decorator, ast.Call):
+                continue
+            if _named(decorator.func, "click.group"):
+                name = "ketos"
+            elif _named(decorator.func, "click.command") and decorator.args:
+                name = decorator.args[0].value
+            elif _named(decorator.func, "click.option"):
+                opts = [
+                    o
+                    for a in decorator.args
+                    if isinstance(a, ast.Constant) and isinstance(a.value, str)
+                    for o in a.value.split("/")
+                    if o.startswith("-")
+                ]
+                flags.update(opts)
+                for keyword in decorator.keywords:
+                    value = keyword.value
+                    if (keyword.arg == "type" and isinstance(value, ast.Call)
+                            and _named(value.func, "click.Choice")
+                            and isinstance(value.args[0], (ast.List, ast.Tuple))):
+                        listed = [e.value for e in value.args[0].elts]
+                        choices.update({o: listed for o in sorted(opts)})
+        if name:
+            found[name] = (sorted(flags), choices)
+    return found
 
 
 def from_source(folder: Path) -> dict:
     """`folder` holds ketos' __init__.py, dataset.py, recognition.py and segmentation.py of one
-    tag."""
-
-    def commands(text):
-        parts = re.split(r"(?=@click\.command\('([a-z]+)'\))", text)
-        out, name = {}, None
-        for part in parts:
-            if re.fullmatch(r"[a-z]+", part or ""):
-                name = part
-            elif name:
-                out[name] = part.split("\ndef ", 1)[0] + "\ndef"
-                name = None
-        return out
-
-    result = {
+    tag (choices must be literal lists there, as in 4.x)."""
+    commands = {}
+    for module in ("__init__.py", "dataset.py", "recognition.py", "segmentation.py"):
+        commands.update(_source_commands((folder / module).read_text()))
+    names = ["ketos", *(n for n in SUBCOMMANDS if n in commands)]
+    return {
         "version": folder.name,
-        "ketos": _source_options((folder / "__init__.py").read_text()),
+        **{name: commands[name][0] for name in names},
+        "choices": {name: commands[name][1] for name in names},
     }
-    for module in ("dataset.py", "recognition.py", "segmentation.py"):
-        for name, text in commands((folder / module).read_text()).items():
-            if name in SUBCOMMANDS:
-                result[name] = _source_options(text)
-    return result
 
 
 def main() -> int:

@@ -54,6 +54,10 @@ class JobStatus:
     never_starts: bool = False  # the request cannot be met as it is: it will never start
     expected_start: str | None = None  # Slurm's estimate of when a PENDING job starts
     best_epoch: int | None = None
+    # how training ended: "early" (early stopping, at stopped_epoch; best at best_epoch),
+    # "bound" (it ran its `epochs`), None (not ended, or ended otherwise)
+    stopped: str | None = None
+    stopped_epoch: int | None = None
     epoch_seconds: float | None = None  # mean time an epoch takes, for the estimate of time left
     metrics: dict = field(default_factory=dict)  # the latest epoch's metrics
     warnings: list = field(default_factory=list)  # damaged files of the job, one line each
@@ -69,9 +73,6 @@ class StatusReport:
 
     rows: list[JobStatus]
     warnings: list = field(default_factory=list)
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,7 @@ class ClusterSide:
             # A dry run may show where a base model still on the laptop will be.
             request = replace(request, base_path=str(self.resolve_base(request.base)))
         dialect = kraken.resolve_dialect(request.kraken_version)
+        kraken.check_params(dialect, request.kind, request.params, request.project)
         split = split_pages(
             self.pages(request.project),
             request.split.train,
@@ -170,7 +171,9 @@ class ClusterSide:
                 request, dialect, split, job_id, job_dir, compiled_dir, self.template_dirs
             )
 
-        return self._submit(request, params, render_files, dry_run)
+        # the runner's log parser: the total of ketos' epoch lines that show none (4.3 never does)
+        settings = {"epochs": kraken.epoch_bound(request)}
+        return self._submit(request, params, render_files, dry_run, settings)
 
     def submit_torchrun(self, request: TorchrunRequest, dry_run: bool = False) -> Submission:
         """Render and submit a torchrun DDP job (see jobs/torchrun.py)."""
@@ -205,14 +208,16 @@ class ClusterSide:
         path = Path(progress.checkpoint)
         return str(path if path.is_absolute() else self.root / record.job_dir / path)
 
-    def _submit(self, request, params: dict, render_files, dry_run: bool) -> Submission:
+    def _submit(self, request, params: dict, render_files, dry_run: bool,
+                settings: dict | None = None) -> Submission:
         """Register the job, write its folder (script, files, job.json), hand it to the scheduler.
 
         On any failure the registry entry and the folder are removed again: nothing
         half-submitted stays. A full disk or quota is a DiskFullError."""
-        writing = [f"the job registry ({STATE_FOLDER}/registry.sqlite)"]  # what is being written
+        writing = [f"the job registry ({STATE_FOLDER}/jobs)"]  # what is being written
         try:
-            return self._register_and_queue(request, params, render_files, dry_run, writing)
+            return self._register_and_queue(request, params, render_files, dry_run, writing,
+                                            settings or {})
         except (OSError, SchedulerError) as e:  # the scheduler wraps what submitit raised
             reason = full_disk(e)
             if reason:
@@ -220,7 +225,7 @@ class ClusterSide:
             raise
 
     def _register_and_queue(self, request, params: dict, render_files, dry_run: bool,
-                            writing: list[str]) -> Submission:
+                            writing: list[str], extra_settings: dict) -> Submission:
         kind, project, base = request.kind, request.project, getattr(request, "base", None)
         with self.registry() as registry:
             if dry_run:
@@ -233,14 +238,15 @@ class ClusterSide:
             writing.append(f"job {record.id}'s folder {record.job_dir}")
             try:
                 script, files = render_files(record.id)
-                settings = {
+                job_settings = {
                     "monitor": getattr(request, "monitor", None),
                     "alerts": list(request.alerts),
                     "layout": LAYOUT_VERSION,
+                    **extra_settings,
                 }
                 job_dir = self.root / record.job_dir
                 self._write_job(
-                    job_dir, script, {**files, SETTINGS: json.dumps(settings, indent=1)}
+                    job_dir, script, {**files, SETTINGS: json.dumps(job_settings, indent=1)}
                 )
                 scheduler = scheduler_for(self.executor, self.root)
                 scheduler_id = scheduler.submit(job_dir, request.resources.time)
@@ -511,9 +517,9 @@ SILENT_ENDS = {
 
 
 # What a status row takes from the job's events as they are.
-PROGRESS_FIELDS = ("step", "epoch", "total_epochs", "best_metric", "best_value", "test",
-                   "early_stopped", "error", "checkpoint_epoch", "best_epoch", "epoch_seconds",
-                   "metrics")
+PROGRESS_FIELDS = ("step", "epoch", "total_epochs", "best_metric", "best_value", "best_epoch",
+                   "test", "early_stopped", "stopped", "stopped_epoch", "error",
+                   "checkpoint_epoch", "epoch_seconds", "metrics")
 
 
 def _row(record: JobRecord, state: JobState, progress: events.Progress,

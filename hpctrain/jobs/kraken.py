@@ -10,8 +10,15 @@ Checked against kraken's CLI sources (4.3.13, 5.x, 6.x, 7.0.3) and a real 7.1.1:
 | best model file                   | PREFIX_best.mlmodel (< 7)               | best_SCORE.mlmodel |
 | `ketos compile` takes `-d`        | no             | no           | (global)    | (global)       |
 | `compile --random-split`          | yes            | yes          | yes         | gone           |
+| `--optimizer AdamW`               | no             | no           | yes         | yes            |
+| `segtrain -B` (batch size)        | no             | no           | no          | no             |
+| `--resize` the training acts on   | add both fail¹ | all five²    | all five²   | union new fail³|
 
+¹ union and new (the new names of add and both) from 4.3.10. ² the old names are translated.
+³ 7's CLI still lists add and both, but its training stops on them.
 kraken 7 dropped `--random-split`, so hpctrain splits the pages itself, for every version.
+A project value a version does not take is refused at submit, in one line naming the version
+(`check_params`); resize values are translated to the names that version's training acts on.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from pathlib import Path
 from ..core.errors import ConfigError
 from ..core.layout import (ARROW_CHECK, MODEL_DIR, SPLIT_DIR, SPLIT_PARTS, VALIDATION_ARROW_LIST,
                            arrow_file, split_file)
-from .requests import TrainParams
+from .requests import RESIZE_ALIASES, TrainParams
 from .shell import BEST, CPUS, KETOS_PYTHON, RESUME, shell_quote
 from .split import split_files
 
@@ -54,6 +61,31 @@ class Dialect:
     @property
     def fixed_quit(self) -> str:
         return "fixed" if self.major >= 5 else "dumb"
+
+    @property
+    def release(self) -> tuple[int, int, int]:
+        major, minor, patch = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", self.version).groups()
+        return int(major), int(minor), int(patch or 0)
+
+    def optimizers(self, subcommand: str) -> tuple[str, ...]:
+        """What `ketos train|segtrain --optimizer` takes (each release's sources; AdamW came with
+        6.0, Lamb left segtrain then; 7.1 added AdamW+Muon, which projects do not offer)."""
+        if self.major >= 6:
+            return ("Adam", "AdamW", "SGD", "RMSprop")
+        return ("Adam", "SGD", "RMSprop") + (("Lamb",) if subcommand == "segtrain" else ())
+
+    def resize(self, value: str) -> str:
+        """The `--resize` value this version's training acts on, for a project's value.
+
+        kraken renamed add to union and both to new in 4.3.10. Up to 6.x ketos takes both names
+        and its training translates the old ones; kraken 7's CLI still lists add and both, but its
+        training (kraken/train/vgsl.py, blla.py) knows only fail, union and new and stops on
+        anything else ('invalid resize parameter value'). Before 4.3.10 only add, both and fail
+        exist."""
+        value = RESIZE_ALIASES.get(value, value)
+        if self.release < (4, 3, 10):
+            return {"union": "add", "new": "both"}.get(value, value)
+        return value
 
     def ketos(
         self, subcommand: str, args: list, device: str | None, seed: int | None = None
@@ -92,6 +124,37 @@ class Dialect:
         return ["-q", self.fixed_quit, "-N", str(params.epochs)]
 
 
+def check_params(dialect: Dialect, kind: str, params: TrainParams, project: str) -> None:
+    """Refuse, in one line naming the version, a project value this kraken's ketos does not
+    take; called at submit, before anything is registered or queued."""
+    if kind not in ("transcription", "segmentation"):
+        return
+    subcommand = "segtrain" if kind == "segmentation" else "train"
+    where = f"projects/{project}.yaml"
+    offered = dialect.optimizers(subcommand)
+    if params.optimizer not in offered:
+        raise ConfigError(
+            f"kraken {dialect.version}: ketos {subcommand} has no optimizer {params.optimizer!r} "
+            f"(it offers {', '.join(offered)}): set {kind}.optimizer in {where} to one of those, "
+            "or use kraken 6 or later"
+        )
+    if subcommand == "segtrain" and params.batch_size not in (None, 1):
+        raise ConfigError(
+            f"kraken {dialect.version}: ketos segtrain has no batch size option (it trains on one "
+            f"page at a time): remove segmentation.batch_size from {where}, or set it to 1"
+        )
+
+
+def epoch_bound(request) -> int | None:
+    """The number of epochs a job trains at most, as ketos counts them; None if it has no bound.
+
+    Under early stopping ketos ignores `-N` (4.3 and 7.x alike: `max_epochs=epochs if quit ==
+    'fixed' else -1`; 'dumb' on 4.3): only `--min-epochs` and the lag end the training."""
+    if request.kind == "compile" or request.params.early_stopping:
+        return None
+    return request.params.epochs
+
+
 def dialect_for(version: str) -> Dialect:
     if not re.fullmatch(r"\d+\.\d+(\.\d+)?([a-z0-9.]*)?", version or ""):
         raise ConfigError(
@@ -128,16 +191,18 @@ def resolve_dialect(setting: str) -> Dialect:
     return dialect_for(found)
 
 
-def _train_common(params: TrainParams, base: str | None, out_dir: str, dialect: Dialect) -> list:
+def _train_common(
+    params: TrainParams, base: str | None, out_dir: str, dialect: Dialect, subcommand: str
+) -> list:
     args = dialect.output_args(out_dir)
     args += ["--optimizer", params.optimizer, "-r", str(params.learning_rate)]
     args += ["--augment" if params.augment else "--no-augment"]
     args += dialect.stop_args(params)
-    if params.batch_size:
+    if params.batch_size and subcommand == "train":  # segtrain: one page at a time (check_params)
         args += ["-B", str(params.batch_size)]
     if base:
         # A .mlmodel carries its own network; passing -s with -i would be ignored or misread.
-        args += ["-i", base, "--resize", params.resize]
+        args += ["-i", base, "--resize", dialect.resize(params.resize)]
     elif params.spec:
         args += ["-s", params.spec]
     return args
@@ -160,7 +225,7 @@ def train_step(
     val_list: str,
     device: str,
 ) -> list:
-    args = ["-f", "binary"] + _train_common(params, base, out_dir, dialect)
+    args = ["-f", "binary"] + _train_common(params, base, out_dir, dialect, "train")
     if params.pad is not None:
         args += ["--pad", str(params.pad)]
     args += ["-e", val_list, train_arrow]
@@ -183,7 +248,7 @@ def segtrain_step(
 ) -> list:
     args = (
         ["-f", fmt]
-        + _train_common(params, base, out_dir, dialect)
+        + _train_common(params, base, out_dir, dialect, "segtrain")
         + ["-t", train_list, "-e", val_list]
     )
     return dialect.ketos("segtrain", args, device, params.seed)
@@ -252,6 +317,7 @@ def compile_job(dialect, request, job_dir: str, compiled_dir: str, device: str, 
 def transcription_job(
     dialect, request, job_dir: str, compiled_dir: str, device: str, split
 ) -> KrakenJob:
+    check_params(dialect, request.kind, request.params, request.project)
     out_dir = f"{job_dir}/{MODEL_DIR}"
     context, files = _compiling(dialect, request, job_dir, compiled_dir, device, split)
     files[VALIDATION_ARROW_LIST] = f"{compiled_dir}/{arrow_file('validation')}\n"
@@ -276,6 +342,7 @@ def transcription_job(
 def segmentation_job(
     dialect, request, job_dir: str, compiled_dir: str, device: str, split
 ) -> KrakenJob:
+    check_params(dialect, request.kind, request.params, request.project)
     out_dir = f"{job_dir}/{MODEL_DIR}"
     step = segtrain_step(
         dialect,

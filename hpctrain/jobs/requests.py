@@ -22,8 +22,9 @@ _MEM = re.compile(r"(\d{1,12})([KMGT]?)", re.ASCII)
 _SPEC = re.compile(r"\[[0-9A-Za-z,.:()\s\-{}/+]*\]")
 _SLURM_WORD = re.compile(r"[A-Za-z0-9_.,&|\-]+")
 _MAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+")
-OPTIMIZERS = ("Adam", "AdamW", "SGD", "RMSprop")
-RESIZE_MODES = ("new", "union", "fail")
+OPTIMIZERS = ("Adam", "AdamW", "SGD", "RMSprop")  # what a kraken version lacks: kraken.check_params
+RESIZE_ALIASES = {"add": "union", "both": "new"}  # kraken's names before 4.3.10
+RESIZE_MODES = ("new", "union", "fail", *RESIZE_ALIASES)  # rendered per version: Dialect.resize
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class TrainParams:
 
     spec: str | None = None  # VGSL network spec; used when training without a base model
     learning_rate: float = 0.0001
-    epochs: int = 50  # upper bound on epochs (-N)
+    epochs: int = 50  # -N: epochs to train without early stopping (ketos ignores it with it)
     min_epochs: int = 20
     early_stopping: bool = True  # stop when the validation metric stops improving
     lag: int = 10  # epochs without improvement before stopping
@@ -204,13 +205,12 @@ def validate_params(params: TrainParams, where: str) -> TrainParams:
         raise ConfigError(f"{where}: resize must be {', '.join(RESIZE_MODES)}")
     if params.optimizer not in OPTIMIZERS:
         raise ConfigError(f"{where}: optimizer must be {', '.join(OPTIMIZERS)}")
-    for name in ("epochs", "min_epochs", "lag"):
-        if not isinstance(getattr(params, name), int) or getattr(params, name) < 1:
-            raise ConfigError(f"{where}: {name} must be a whole number ≥ 1")
-    if params.seed is not None and (
-        not isinstance(params.seed, int) or isinstance(params.seed, bool) or params.seed < 0
-    ):
-        raise ConfigError(f"{where}: seed must be a whole number ≥ 0, or null")
+    for name in ("epochs", "min_epochs", "lag", "batch_size", "pad", "seed"):
+        value, least = getattr(params, name), 0 if name in ("pad", "seed") else 1
+        if value is None and name in ("batch_size", "pad", "seed"):
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ConfigError(f"{where}: {name} must be a whole number ≥ {least}")
     if not isinstance(params.learning_rate, (int, float)) or params.learning_rate <= 0:
         raise ConfigError(f"{where}: learning_rate must be a positive number")
     return params

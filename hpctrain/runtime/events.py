@@ -139,6 +139,8 @@ class Progress:
     best_model: str | None = None
     test: dict = field(default_factory=dict)
     early_stopped: bool = False
+    stopped: str | None = None  # how training ended: "early" (early stopping) or "bound" (epochs)
+    stopped_epoch: int | None = None  # the epoch it ended at
     error: str | None = None
     exit_code: int | None = None
     warnings: int = 0
@@ -168,6 +170,8 @@ def summarize(events: Iterator[dict]) -> Progress:
         if kind == "start":
             progress.state, progress.started = "RUNNING", event.get("t")
             progress.ended = progress.exit_code = progress.error = None
+            progress.stopped = progress.stopped_epoch = None
+            progress.early_stopped = False
             progress.starts += 1
             progress._clock = progress._step_at = None
         elif kind == "step":
@@ -190,7 +194,10 @@ def summarize(events: Iterator[dict]) -> Progress:
         elif kind == "test":
             progress.test.update({k: v for k, v in event.items() if k not in ("t", "event")})
         elif kind == "early_stop":
-            progress.early_stopped = True
+            progress.early_stopped, progress.stopped = True, "early"
+            progress.stopped_epoch = event.get("epoch", progress.epoch)
+        elif kind == "stopped" and event.get("reason") == "max_epochs":
+            progress.stopped, progress.stopped_epoch = "bound", progress.epoch
         elif kind == "warning":
             progress.warnings += 1
         elif kind == "alert":
@@ -205,4 +212,8 @@ def summarize(events: Iterator[dict]) -> Progress:
             progress.ended, progress.exit_code = event.get("t"), event.get("exit_code")
             progress.state = "COMPLETED" if event.get("exit_code") == 0 else "FAILED"
             progress.error = event.get("error")
+            if (progress.state == "COMPLETED" and progress.stopped is None
+                    and progress.epoch and progress.epoch == progress.total_epochs):
+                # no line said so (ketos 4.3, a script's own metrics): it ran to its bound
+                progress.stopped, progress.stopped_epoch = "bound", progress.epoch
     return progress

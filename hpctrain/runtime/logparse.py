@@ -8,24 +8,43 @@ that any script can print:
 
 An event is a flat JSON object with at least `event`. Kinds produced here:
 `epoch` (epoch, total, metrics, early_stopping), `best` (metric, value, epoch), `model` (path,
-score),
-`early_stop`, `stopped` (reason), `test` (char_accuracy, word_accuracy), `warning` (line),
-`alert` / `alert_cleared` (a project's metric bounds, see alerts.py), and anything a script
-sends with the marker. A `metrics` event is flat: `epoch`, optional `total`, then name: number.
+score), `early_stop` (epoch, best_epoch), `stopped` (reason), `test` (char_accuracy,
+word_accuracy), `warning` (line), `alert` / `alert_cleared` (a project's metric bounds, see
+alerts.py), and anything a script sends with the marker. A `metrics` event is flat: `epoch`,
+optional `total`, then name: number.
+
+ketos prints one `stage k/N` line per epoch (k from 0; N is `∞` when it has no bound, and
+always on 4.3, whose job bound `epochs` then gives the total). Two things need care:
+
+- Some versions print an epoch's line twice (kraken #603): once when its training batches end,
+  still showing the previous validation, then after validation. An epoch is reported once. A
+  line that repeats the last reported line's values (all but `*_step` metrics and the
+  early-stopping column), or that has no validation metric yet, is held back until the same
+  epoch's next line replaces it, or the next epoch shows it was a line of its own.
+- Early stopping's column (`early_stopping: waited/lag best`) reaches lag/lag where Lightning
+  decides to stop, but `--min-epochs` keeps training going and the count goes on (3/2, or back
+  to 0 after an improvement); the decision stands (Lightning's `should_stop` is never reset),
+  so the training ends at the first epoch both allow. `early_stop` is therefore reported once,
+  when the training is over (ketos' "best model" line, or `finish()` for a job that exited
+  cleanly), with the epoch it stopped at and the best epoch.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from operator import itemgetter
 from typing import Iterable, Iterator
 
 MARKER = "##hpctrain "
 MONITORED = ("val_mean_iu", "val_accuracy", "val_auc")  # first present wins: segtrain, train, user
 
-_STAGE = re.compile(r"stage (\d+)/(\d+|∞)")
-_METRIC = re.compile(r"([A-Za-z_][A-Za-z0-9_]*): (-?[0-9.]+(?:e-?\d+)?|-?inf|nan)")
-_EARLY = re.compile(r"early_stopping: (\d+)/(\d+)")
+# Epoch lines are matched as bytes (parse_file reads bytes; feed encodes its line), so that a
+# line gives the same event whichever way it arrives.
+_INF = "∞".encode()
+_STAGE = re.compile(rb"stage ([0-9]+)/([0-9]+|\xe2\x88\x9e)([^\n]*)")
+_METRIC = re.compile(rb"([A-Za-z_][A-Za-z0-9_]*+): (-?[0-9.]++(?:e-?[0-9]++)?|-?inf|nan)")
+_EARLY = re.compile(rb"early_stopping: ([0-9]+)/([0-9]+)(?: (-?[0-9.]+|-?inf|nan))?")
 _CONVERT = re.compile(
     r"(?:Converting|Moving) best model (.+?) \((?:score: )?([-0-9.e]+|-?inf|nan)\) "
     r"to (?:weights file |weights )?(.+)$"
@@ -33,20 +52,60 @@ _CONVERT = re.compile(
 _CHAR_ACC = re.compile(r"^([0-9.]+)%\s+Character Accuracy$")
 _WORD_ACC = re.compile(r"^([0-9.]+)%\s+Word Accuracy$")
 _AVG_ACC = re.compile(r"Average accuracy: ([0-9.]+)%")
-_MAX_EPOCHS = re.compile(r"stopped: `?max_epochs=(\d+)`? reached")
+_MAX_EPOCHS = re.compile(r"stopped: `?max_epochs=([0-9]+)`? reached")
 _ERROR = re.compile(r"^(Error: .+|[A-Za-z_][\w.]*(Error|Exception): .+)$")
 
 
-class LogParser:
-    """Feed it lines; it returns the events each line produces and remembers the last error line."""
+_NAMES: dict[bytes, str] = {}  # metric names, each decoded once
 
-    def __init__(self, monitor: str | None = None, alerts=()) -> None:
+
+def _nothing(metrics: dict) -> tuple:
+    return ()
+
+
+def _metrics(pairs: list[tuple[bytes, bytes]]) -> dict:
+    """name: value of an epoch line's metrics (early stopping's count among them)."""
+    try:
+        return {_NAMES[k]: float(v) for k, v in pairs}
+    except KeyError:  # a name not seen yet (a log has a handful; a hostile one is capped)
+        if len(_NAMES) > 4096:
+            _NAMES.clear()
+        _NAMES.update((k, k.decode("ascii")) for k, _ in pairs)
+        return _metrics(pairs)
+    except ValueError:  # a value such as "1.2.3" is not a number: that one is left out
+        found = {}
+        for k, v in pairs:
+            try:
+                found[k.decode("ascii")] = float(v)
+            except ValueError:
+                pass
+        return found
+
+
+class LogParser:
+    """Feed it lines; it returns the events each line produces and remembers the last error line.
+
+    `epochs` is the job's bound on epochs, the total of an epoch line that shows none. Call
+    `finish()` at the end of the output for what only the end can tell."""
+
+    def __init__(self, monitor: str | None = None, alerts=(), epochs: int | None = None) -> None:
         from .alerts import AlertWatch
 
         self.last_error: str | None = None
         self.best: float | None = None
+        self.best_epoch: int | None = None
         self.monitored = (monitor,) if monitor else MONITORED
         self.alerts = AlertWatch(alerts)
+        self.epochs = epochs
+        self._new_training()
+
+    def _new_training(self) -> None:
+        self._shown: int | None = None  # the last epoch reported
+        self._next: int | None = None  # the epoch after it
+        self._held: tuple | None = None  # a line held back: (epoch, total, metrics, column)
+        self._stop_at: int | None = None  # first epoch whose waited count reached the lag
+        # of the line reported last: its metric names, early-stopping column, values to compare
+        self._seen_keys = self._seen_column = self._seen_values = None
 
     def feed(self, line: str) -> list[dict]:
         line = line.rstrip("\r\n")
@@ -55,23 +114,22 @@ class LogParser:
         if line.startswith(MARKER):
             return self._marker(line)
         if line.startswith("stage "):
-            return self._stage(line)
+            match = _STAGE.match(line.encode("utf-8", "replace"))
+            return self.stage_lines([match.groups()]) if match else []
         if "best model" in line:
             match = _CONVERT.search(line)
             if match:
-                return [
-                    {
-                        "event": "model",
-                        "path": match.group(3).strip(),
-                        "score": float(match.group(2)),
-                    }
-                ]
+                model = {"event": "model", "path": match.group(3).strip(),
+                         "score": float(match.group(2))}
+                return self._training_over(completed=True) + [model]
         if "Accuracy" in line or "accuracy" in line:
             return self._accuracy(line)
         if "max_epochs=" in line:
             match = _MAX_EPOCHS.search(line)
             if match:
-                return [{"event": "stopped", "reason": "max_epochs", "epochs": int(match.group(1))}]
+                stopped = {"event": "stopped", "reason": "max_epochs",
+                           "epochs": int(match.group(1))}
+                return self._training_over(completed=True) + [stopped]
         if line.startswith(("WARNING", "[WARNING")) and (
             "Invalid input" in line or "Could not open" in line
         ):
@@ -82,6 +140,11 @@ class LogParser:
             if _ERROR.match(line.strip()):
                 self.last_error = line.strip()
         return []
+
+    def finish(self, completed: bool = False) -> list[dict]:
+        """What the end of the output tells: a line still held back, and, if the job's process
+        exited cleanly (`completed`), an early stop whose "best model" line never came."""
+        return self._training_over(completed)
 
     def _marker(self, line: str) -> list[dict]:
         try:
@@ -98,23 +161,111 @@ class LogParser:
             events += self.alerts.check(event, event.get("epoch"))
         return events
 
-    def _stage(self, line: str) -> list[dict]:
-        match = _STAGE.match(line)
-        if not match:
-            return []
-        metrics = {k: float(v) for k, v in _METRIC.findall(line) if k != "early_stopping"}
-        total = None if match.group(2) == "∞" else int(match.group(2)) + 1
-        epoch = int(match.group(1)) + 1
-        event = {"event": "epoch", "epoch": epoch, "total": total, "metrics": metrics}
-        events = [event]
-        early = _EARLY.search(line)
-        if early:
-            waited, lag = int(early.group(1)), int(early.group(2))
+    # -- epoch lines ------------------------------------------------------------------------
+    def stage_lines(self, lines: Iterable[tuple[bytes, bytes, bytes]]) -> list[dict]:
+        """The events of `stage` lines, each given as (epoch, total, rest of the line) bytes."""
+        events: list[dict] = []
+        find_metrics, find_column = _METRIC.findall, _EARLY.search
+        for epoch, total, rest in lines:
+            cut = rest.find(b": ")
+            if cut < 0:
+                metrics, column = {}, None
+            else:
+                start = rest.rfind(b" ", 0, cut) + 1  # metrics begin at the word before ": "
+                metrics = _metrics(find_metrics(rest, start))
+                column = None
+                if metrics.pop("early_stopping", None) is not None:  # "early_stopping: 1/2 0.9"
+                    column = find_column(rest, start)
+                    if column is not None:
+                        column = column.groups()
+            epoch = int(epoch) + 1
+            total = None if total == _INF else int(total) + 1
+            if (  # the usual line: the next epoch, nothing held back, values of its own
+                epoch == self._next
+                and self._held is None
+                and (
+                    column != self._seen_column
+                    or metrics.keys() != self._seen_keys
+                    or self._values(metrics) != self._seen_values
+                )
+            ):
+                self._show(events, epoch, total, metrics, column)
+            else:
+                self._epoch(events, epoch, total, metrics, column)
+        return events
+
+    def _epoch(self, events: list, epoch: int, total: int | None, metrics: dict, column) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            if held[0] == epoch:  # the epoch's second line: the one after its validation
+                return self._show(events, epoch, total, metrics, column)
+            self._show(events, *held)  # a line of its own after all
+        if self._shown is not None:
+            if epoch == self._shown:
+                return None  # the same epoch printed twice (kraken #603): reported once
+            if epoch < self._shown:
+                self._new_training()  # a training started again (a requeued job) in this output
+        if self._repeats(metrics, column):
+            self._held = (epoch, total, metrics, column)
+        else:
+            self._show(events, epoch, total, metrics, column)
+
+    def _repeats(self, metrics: dict, column) -> bool:
+        """Whether a line may be the first of an epoch printed twice: it shows no validation yet,
+        or the same values as the line reported last (`*_step` metrics aside)."""
+        if self._seen_keys is None:
+            return not any(name.startswith("val_") for name in metrics)
+        return (
+            column == self._seen_column
+            and metrics.keys() == self._seen_keys
+            and self._values(metrics) == self._seen_values
+        )
+
+    def _metric_names(self, metrics: dict) -> None:
+        """For a line whose metric names differ from the last one's: which values tell a repeated
+        line (all but `*_step`), and which metric is monitored."""
+        compared = [name for name in metrics if not name.endswith("_step")]
+        self._values = itemgetter(*compared) if compared else _nothing
+        self._monitor = next((name for name in self.monitored if name in metrics), None)
+
+    def _show(self, events: list, epoch: int, total: int | None, metrics: dict, column) -> None:
+        """Report an epoch line: its event, and the best value, early stopping and alerts."""
+        if metrics.keys() != self._seen_keys:
+            self._metric_names(metrics)
+        self._shown, self._next = epoch, epoch + 1
+        self._seen_keys, self._seen_column = metrics.keys(), column
+        self._seen_values = self._values(metrics)
+        event = {
+            "event": "epoch",
+            "epoch": epoch,
+            "total": self.epochs if total is None else total,
+            "metrics": metrics,
+        }
+        events.append(event)
+        if column is not None:
+            waited, lag = int(column[0]), int(column[1])
             event["early_stopping"] = [waited, lag]
-        events += self._best_from(metrics, epoch)
-        events += self.alerts.check(metrics, epoch)
-        if early and waited >= lag:
-            events.append({"event": "early_stop", "epoch": epoch})
+            if waited >= lag and self._stop_at is None:
+                self._stop_at = epoch
+        name = self._monitor
+        if name is not None:
+            value = metrics[name]
+            if self.best is None or value > self.best:
+                self.best, self.best_epoch = value, epoch
+                events.append({"event": "best", "metric": name, "value": value, "epoch": epoch})
+        if self.alerts.alerts:
+            events += self.alerts.check(metrics, epoch)
+
+    def _training_over(self, completed: bool) -> list[dict]:
+        """A training ended (ketos reported its best model or its bound, or the output ended):
+        the line held back, then the early stop if early stopping ended it."""
+        events: list[dict] = []
+        if self._held is not None:
+            self._show(events, *self._held)
+        if completed and self._stop_at is not None:
+            events.append({"event": "early_stop", "epoch": self._shown,
+                           "best_epoch": self.best_epoch})
+        self._new_training()
         return events
 
     def _best_from(self, metrics: dict, epoch) -> list[dict]:
@@ -122,7 +273,7 @@ class LogParser:
             value = metrics.get(name)
             if isinstance(value, (int, float)):
                 if self.best is None or value > self.best:
-                    self.best = value
+                    self.best, self.best_epoch = value, epoch
                     return [{"event": "best", "metric": name, "value": value, "epoch": epoch}]
                 return []
         return []
@@ -144,65 +295,106 @@ def parse_lines(lines: Iterable[str]) -> Iterator[dict]:
     parser = LogParser()
     for line in lines:
         yield from parser.feed(line)
+    yield from parser.finish()
 
 
-# Every line the parser acts on contains one of these; the rest of a log (tables, progress noise)
-# is skipped in bulk without being decoded or split into lines.
-_KEYS = (
-    b"stage ",
-    MARKER.encode(),
-    b"best model",
-    b"ccuracy",
-    b"max_epochs=",
-    b"WARNING",
-    b"command not found",
-    b"Error",
-    b"Exception",
+# parse_file reads bytes and decodes only the lines the parser acts on. Epoch lines (most of what
+# it acts on) are found with one regex over each stretch between other lines. Every other line
+# feed() acts on holds one of these needles; single bytes are found at memchr speed, so the rest
+# of a log (tables, progress noise) costs next to nothing. A hit must pass its test, which looks
+# only around it, before its line is decoded and fed.
+_MARKER = MARKER.encode()
+
+
+def _accuracy_line(block: bytes, at: int, start: int, end: int) -> bool:
+    line_end = block.find(b"\n", at, end)
+    line_end = end if line_end < 0 else line_end
+    return block.find(b"ccuracy", max(start, block.rfind(b"\n", start, at) + 1), line_end) >= 0
+
+
+_OTHER_LINES = (  # (needle, test of a hit: block, hit, start and end of the stretch)
+    (b"#", lambda b, at, start, end: (at == start or b[at - 1] == 10)
+     and b.startswith(_MARKER, at)),
+    (b"best model", None),  # "Converting best model X (score: 0.9) to ...", 4.3: "Moving ..."
+    (b"%", _accuracy_line),  # ketos test: "99.41%  Character Accuracy", "Average accuracy: 9%"
+    (b"=", lambda b, at, start, end: b.endswith(b"max_epochs", start, at)),
+    (b"W", lambda b, at, start, end: b.startswith(b"WARNING", at) and (
+        at == start or b[at - 1] == 10 or (  # at a line's start, or after a "[" there
+            b[at - 1] == 91 and (at - 1 == start or b[at - 2] == 10)))),
+    (b"E", lambda b, at, start, end: b.startswith((b"Error: ", b"Exception: "), at)),
+    (b"command not found", None),
 )
+_STAGES = re.compile(rb"\nstage ([0-9]+)/([0-9]+|\xe2\x88\x9e)([^\n]*)")
 
 
-def _candidate_lines(block: bytes) -> Iterator[bytes]:
-    """The lines of `block` (whole lines) that contain one of _KEYS, in order, each once."""
-    starts = set()
-    for key in _KEYS:
-        hit = block.find(key)
-        while hit != -1:
-            start = block.rfind(b"\n", 0, hit) + 1
-            starts.add(start)
-            end = block.find(b"\n", hit)
-            if end == -1:
-                break
-            hit = block.find(key, end)
-    for start in sorted(starts):
-        end = block.find(b"\n", start)
-        yield block[start:] if end == -1 else block[start:end]
+def _other_lines(block: bytes, start: int, end: int) -> list[tuple[int, int]]:
+    """(start, end) of each line of block[start:end] besides epoch lines that feed() may act on,
+    in order. `start` is the start of a line, `end` the end of one."""
+    found: dict[int, int] = {}
+    find = block.find
+    for needle, test in _OTHER_LINES:
+        hit = find(needle, start, end)
+        while hit >= 0:
+            if test is None or test(block, hit, start, end):
+                line_start = max(start, block.rfind(b"\n", start, hit) + 1)
+                hit = find(b"\n", hit, end)
+                hit = end if hit < 0 else hit  # the line's end
+                if not block.startswith(b"stage ", line_start):  # epoch lines are found apart
+                    found.setdefault(line_start, hit)
+            hit = find(needle, hit + 1, end)
+    return sorted(found.items())
 
 
-MAX_LINE = 64 << 20
+def _stage_lines(block: bytes, start: int, end: int) -> list[tuple[bytes, bytes, bytes]]:
+    lines = _STAGES.findall(block, start, end)  # each after a newline: not the one at `start`
+    first = _STAGE.match(block, start, end)
+    return [first.groups(), *lines] if first else lines
+
+
+def _block_events(parser: LogParser, block: bytes, start: int, end: int) -> list[dict]:
+    """The events of the whole lines block[start:end], in their order."""
+    events: list[dict] = []
+    at = start
+    for line_start, line_end in _other_lines(block, start, end):
+        if line_start > at:
+            events += parser.stage_lines(_stage_lines(block, at, line_start))
+        events += parser.feed(block[line_start:line_end].decode("utf-8", errors="replace"))
+        at = line_end + 1
+    if at < end:
+        events += parser.stage_lines(_stage_lines(block, at, end))
+    return events
+
+
+MAX_LINE = 64 << 20  # a line is cut there
 
 
 def parse_file(path, parser: LogParser | None = None, chunk_size: int = 8 << 20) -> Iterator[dict]:
     """Stream the events of a log file of any size in constant memory (chunks, not the whole
-    file)."""
+    file): the same events as parse_lines."""
     parser = parser or LogParser()
     with open(path, "rb") as handle:
-        rest = b""
+        rest = b""  # a line begun in the chunks before
         while True:
             chunk = handle.read(chunk_size)
             if not chunk:
                 break
-            block = rest + chunk
-            cut = block.rfind(b"\n") + 1
-            if (
-                cut == 0 and len(block) < MAX_LINE
-            ):  # no line end yet: keep reading (a line is cut at MAX_LINE)
-                rest = block
+            cut = chunk.rfind(b"\n") + 1
+            if not cut:
+                rest += chunk
+                if len(rest) >= MAX_LINE:
+                    yield from _block_events(parser, rest, 0, len(rest))
+                    rest = b""
                 continue
-            block, rest = (block[:cut], block[cut:]) if cut else (block, b"")
-            for line in _candidate_lines(block):
-                yield from parser.feed(line.decode("utf-8", errors="replace"))
-        for line in _candidate_lines(rest):
-            yield from parser.feed(line.decode("utf-8", errors="replace"))
+            first = 0
+            if rest:
+                first = chunk.find(b"\n") + 1
+                rest += chunk[:first]
+                yield from _block_events(parser, rest, 0, len(rest))
+            yield from _block_events(parser, chunk, first, cut)
+            rest = chunk[cut:]
+        if rest:
+            yield from _block_events(parser, rest, 0, len(rest))
+    yield from parser.finish()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,10 +408,12 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m hpctrain.logparse LOG [--events]")
         return 0 if args else 2
     counts: Counter = Counter()
-    for event in parse_file(args[0]):
-        counts[event["event"]] += 1
-        if "--events" in args:
+    if "--events" in args:
+        for event in parse_file(args[0]):
+            counts[event["event"]] += 1
             print(json.dumps(event, ensure_ascii=False))
+    else:
+        counts.update(event["event"] for event in parse_file(args[0]))
     print(json.dumps(dict(counts)))
     return 0
 

@@ -159,7 +159,8 @@ def read_settings(job_dir: Path) -> dict:
 
 
 def _parser(job_dir: Path) -> LogParser:
-    """A log parser with the job's chosen metric and alerts (job.json, written at submission)."""
+    """A log parser with the job's chosen metric, alerts and bound on epochs (job.json, written
+    at submission)."""
     from .alerts import Alert
 
     settings = read_settings(job_dir)
@@ -167,7 +168,10 @@ def _parser(job_dir: Path) -> LogParser:
         alerts = [Alert(**a) for a in settings.get("alerts", [])]
     except (TypeError, ValueError) as e:
         raise ValueError(f"damaged (an alert is not valid: {e})") from None
-    return LogParser(settings.get("monitor"), alerts)
+    epochs = settings.get("epochs")
+    if not (epochs is None or isinstance(epochs, int) and not isinstance(epochs, bool)):
+        raise ValueError("damaged ('epochs' must be a whole number)")
+    return LogParser(settings.get("monitor"), alerts, epochs)
 
 
 class JobRunner:
@@ -288,6 +292,8 @@ class JobRunner:
             code = process.wait()
             if reserve is not None:  # room for the last events
                 reserve.unlink(missing_ok=True)
+            for event in parser.finish(completed=code == 0):
+                events.append(sink, event)
             best = find_best_model(job_dir, reported_model)
             events.append(sink, {"event": "result", "best_model": best})
             error = parser.last_error if code else None
