@@ -4,6 +4,7 @@ facts, SSH workspaces, Slurm mode, loading models with kraken. Fixtures live in 
 from __future__ import annotations
 
 import importlib.util
+import fcntl
 import json
 import os
 import pty
@@ -11,8 +12,10 @@ import random
 import select
 import shutil
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -56,7 +59,11 @@ def in_terminal(workspace: Path, *args: str, timeout: float = 900) -> tuple[int,
     (exit code, everything it wrote)."""
     command = [str(Path(sys.executable).with_name("hpctrain")), "-w", str(workspace), *args]
     leader, follower = pty.openpty()
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower)
+    # 50 rows of 200 columns: the live line is cut to the terminal's width
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    size = {"COLUMNS": "200", "LINES": "50"}  # what the terminal says, whatever the caller's
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower,
+                               env={**os.environ, **size})
     os.close(follower)
     output, deadline = b"", time.monotonic() + timeout
     while time.monotonic() < deadline:
