@@ -97,6 +97,18 @@ def make_big_pages(folder: Path, pages: int, side: int = 500) -> None:
         (folder / f"page{i:04d}.xml").write_text(sample_gt.page_xml(name, (side, side), records))
 
 
+def one_line_error(result, *fragments) -> str:
+    """A user error: a non-zero exit and exactly one `hpctrain: error:` line holding each
+    fragment, with no traceback; that line."""
+    assert result.exit_code not in (0, None), result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("hpctrain: error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
 def check_golden(name: str, text: str) -> None:
     """Compare with tests/golden/NAME; refresh after an intended change with UPDATE_GOLDEN=1."""
     path = GOLDEN / name

@@ -285,15 +285,18 @@ class Registry:
             except FileExistsError:
                 job_id += 1  # another submit took it a moment ago
 
+    def _raise_if_full(self, error: OSError) -> None:
+        reason = full_disk(error)
+        if reason:
+            raise DiskFullError.writing(
+                reason, f"the job registry ({self._shown(self.jobs)})", str(self.root)
+            ) from error
+
     def _write(self, record: JobRecord) -> None:
         try:
             write_shared(self._record_path(record.id), record_bytes(record, time.time()))
         except OSError as e:
-            reason = full_disk(e)
-            if reason:
-                raise DiskFullError.writing(
-                    reason, f"the job registry ({self._shown(self.jobs)})", str(self.root)
-                ) from e
+            self._raise_if_full(e)
             raise
 
     def add(
@@ -310,11 +313,7 @@ class Registry:
                 job_dir=job_dir_for(job_id), submitted=time.time(), params=params,
             ))
         except OSError as e:
-            reason = full_disk(e)
-            if reason:
-                raise DiskFullError.writing(
-                    reason, f"the job registry ({self._shown(self.state)})", str(self.root)
-                ) from e
+            self._raise_if_full(e)
             raise RegistryError(
                 f"cannot register the job in {self._shown(self.state)} "
                 f"({e.strerror or type(e).__name__}): check that folder on the cluster"

@@ -7,7 +7,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import Cli, checksums, sample_gt, set_project, slurm_over_ssh, ssh_workspace
+from helpers import (
+    Cli,
+    checksums,
+    one_line_error,
+    sample_gt,
+    set_project,
+    slurm_over_ssh,
+    ssh_workspace,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -24,12 +32,6 @@ def remote(tmp_path, cluster, remote_root):
     set_project(ws, "Demo", resources={"cpus": 2, "time": "00:20:00"})
     assert cli("push", "Demo").exit_code == 0
     return cli, ws, path
-
-
-def one_line_error(result, *words) -> None:
-    lines = result.output.strip().splitlines()
-    assert result.exit_code != 0 and len(lines) == 1, result.output
-    assert lines[0].startswith("hpctrain: error: ") and all(w in lines[0] for w in words), lines
 
 
 def test_a_page_that_is_not_an_image_is_refused_before_anything_is_sent(remote):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Cli, checksums, make_big_pages, sample_gt, ssh_workspace
+from helpers import Cli, checksums, make_big_pages, one_line_error, sample_gt, ssh_workspace
 from hpctrain.core.units import size_text
 
 pytestmark = pytest.mark.integration
@@ -66,15 +66,6 @@ def prepared(tmp_path, cluster, quota_root, transfer="auto") -> tuple[Cli, Path,
         shutil.chown(path, user, user)
     return cli, ws, root
 
-
-def one_line_error(result, *fragments) -> str:
-    assert result.exit_code not in (0, None), result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("hpctrain: error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def temporaries(root: Path) -> list[str]:

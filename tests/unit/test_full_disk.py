@@ -21,7 +21,7 @@ from pathlib import Path
 from unittest.mock import ANY
 
 import pytest
-from helpers import checksums, make_big_pages, sample_gt
+from helpers import checksums, make_big_pages, one_line_error, sample_gt
 
 from hpctrain.core.units import size_text
 
@@ -63,14 +63,6 @@ def root(small_disk, workspace, cli) -> Path:
     return root
 
 
-def one_line_error(result, *fragments) -> str:
-    assert result.exit_code not in (0, None), result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("hpctrain: error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def parts(folder: Path) -> list[str]:
