@@ -63,3 +63,39 @@ def test_a_proxy_jump_chain_is_followed_hop_by_hop(isolated_home):
     third = parse_hop("alice@c.example:2222")
     assert (third.hostname, third.user, third.port) == ("c.example", "alice", 2222)
     assert parse_hop("[::1]:2200").hostname == "::1" and parse_hop("[::1]:2200").port == 2200
+
+
+class _Client:
+    """A paramiko client whose server ignores the first request for a channel."""
+
+    def __init__(self, answers: list) -> None:
+        self.answers = answers
+
+    def get_transport(self):
+        return self
+
+    def exec_command(self, command, timeout=None):
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_channel_the_server_never_opens_is_asked_again_on_a_fresh_connection(monkeypatch):
+    paramiko = pytest.importorskip("paramiko")
+    from hpctrain.backends.ssh.connection import Connection
+    from hpctrain.core.errors import TransportError
+
+    answers = [paramiko.SSHException("Timeout opening channel."), "streams"]
+    connection, opened = Connection(parse_hop("alice@hpc")), []
+    monkeypatch.setattr(connection, "client", lambda: opened.append(1) or _Client(answers))
+    assert connection._exec("true", None) == "streams" and len(opened) == 2
+    answers[:] = [paramiko.SSHException("Timeout opening channel.")] * 2
+    with pytest.raises(TransportError, match="Timeout opening channel"):
+        connection._exec("true", None)
+    answers[:] = [paramiko.SSHException("Administratively prohibited")]
+    with pytest.raises(TransportError, match="prohibited"):  # other refusals: no second try
+        connection._exec("true", None)

@@ -107,6 +107,9 @@ def last_hop(proxy_jump: str) -> SshTarget:
     return replace(hop, proxy_jump=",".join(earlier)) if earlier else hop
 
 
+CHANNEL_TIMEOUT = 60  # seconds to wait for the server to open a channel (paramiko: an hour)
+
+
 def connection_lost(exc: BaseException) -> bool:
     """A dropped or refused SSH connection (paramiko's errors, EOF, resets), not a file error."""
     return not isinstance(exc, HpctrainError) and (
@@ -265,13 +268,29 @@ class Connection:
             self._sftp = self.client().open_sftp()
         return self._sftp
 
+    def _exec(self, command: str, timeout: float | None):
+        """exec_command, once more on a fresh connection if the server never answered the
+        request for a channel (seen once under load): the command did not start, so it cannot
+        run twice."""
+        import paramiko
+
+        for attempt in (1, 2):
+            client = self.client()
+            client.get_transport().channel_timeout = CHANNEL_TIMEOUT
+            try:
+                return client.exec_command(command, timeout=timeout)
+            except paramiko.SSHException as e:
+                if attempt == 2 or "opening channel" not in str(e).lower():
+                    raise TransportError(f"command on {self.target.key_name} failed: {e}") from e
+                self.close()
+
     def run(
         self, argv: list[str], input: str | None = None, timeout: float | None = None
     ) -> tuple[int, str, str]:
         """Run a command (every argument quoted) and return (exit code, stdout, stderr)."""
         command = " ".join(shlex.quote(str(a)) for a in argv)
         try:
-            stdin, out, err = self.client().exec_command(command, timeout=timeout)
+            stdin, out, err = self._exec(command, timeout)
             if input is not None:
                 stdin.write(input.encode("utf-8"))
             stdin.channel.shutdown_write()
