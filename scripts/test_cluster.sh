@@ -189,9 +189,18 @@ make_kraken_venv() {
 # A second login node ("hpc-glogin") reaches the users' home through a network filesystem, as
 # real sites share homes over NFS or GPFS: sshfs (FUSE) of the same home, with its default
 # attribute and directory caches, and allow_other so that hpcuser's processes can use it.
+# A FUSE mount whose sshfs died with an earlier machine (a restart, a killed sshd) answers
+# "Transport endpoint is not connected" to everything, mkdir included: detach it first.
+unmount_stale() {
+    stat "$1" >/dev/null 2>&1 && return
+    grep -qs " $1 " /proc/mounts || return 0
+    fusermount3 -uz "$1" 2>/dev/null || fusermount -uz "$1" 2>/dev/null || umount -l "$1"
+}
+
 mount_second_login() {
     local home
     home="$(getent passwd "$CLUSTER_USER" | cut -d: -f6)"
+    unmount_stale "$GLOGIN"
     mkdir -p "$GLOGIN"
     mountpoint -q "$GLOGIN" && return
     sshfs -p "$SSH_PORT" -o IdentityFile="$STATE/client/id_ed25519" \
@@ -248,6 +257,7 @@ up() {
 }
 
 down() {
+    unmount_stale "$GLOGIN"
     mountpoint -q "$GLOGIN" && { fusermount3 -u "$GLOGIN" || umount -l "$GLOGIN"; }
     for daemon in slurmd slurmctld slurmdbd; do pkill -x "$daemon" || true; done
     [ -f "$STATE/sshd.pid" ] && kill "$(cat "$STATE/sshd.pid")" 2>/dev/null || true
