@@ -92,6 +92,7 @@ write_slurm_conf() {
     cpus="$(nproc)"
     memory=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 / 2 ))
     mkdir -p /etc/slurm "$STATE/slurmctld" "$STATE/slurmd" "$STATE/log"
+    SLURM_CONF_BEFORE="$(cat /etc/slurm/slurm.conf 2>/dev/null || true)"
     cat > /etc/slurm/slurm.conf <<EOF
 ClusterName=hpctrain
 SlurmctldHost=$host
@@ -118,11 +119,15 @@ MinJobAge=60
 KillWait=5
 # A node that stops answering is declared DOWN after 20 s (default 300), for the node-death test.
 SlurmdTimeout=20
-NodeName=$host CPUs=$cpus RealMemory=$memory State=UNKNOWN
-PartitionName=publicgpu Nodes=$host Default=YES MaxTime=INFINITE State=UP
+NodeName=$host CPUs=$cpus RealMemory=$memory Features=avx2,bigmem State=UNKNOWN
+# The guide's GPU partition has a time limit, as real ones do (preflight checks it).
+PartitionName=publicgpu Nodes=$host Default=YES MaxTime=24:00:00 State=UP
 # Two more slurmd on this machine, each on its own loopback port, for real multi-node jobs.
-NodeName=$MULTI_NODES NodeHostname=$host NodeAddr=127.0.0.1 Port=17001-17002 CPUs=1 RealMemory=2000 State=UNKNOWN
+NodeName=$MULTI_NODES NodeHostname=$host NodeAddr=127.0.0.1 Port=17001-17002 CPUs=1 RealMemory=2000 Features=avx2 State=UNKNOWN
 PartitionName=multinode Nodes=$MULTI_NODES MaxTime=INFINITE State=UP
+# A CPU partition (compile off the GPU) and one the test user may not use (preflight).
+PartitionName=cpu Nodes=$MULTI_NODES MaxTime=04:00:00 State=UP
+PartitionName=reserved Nodes=$MULTI_NODES AllowGroups=root MaxTime=01:00:00 State=UP
 EOF
     (umask 077 && cat > /etc/slurm/slurmdbd.conf <<EOF
 AuthType=auth/munge
@@ -145,7 +150,12 @@ start_slurm() {
     sacctmgr -i add cluster hpctrain >/dev/null 2>&1 || true
     sacctmgr -i add account hpctrain Cluster=hpctrain >/dev/null 2>&1 || true
     sacctmgr -i add user "$CLUSTER_USER" Account=hpctrain >/dev/null 2>&1 || true
-    pgrep -x slurmctld >/dev/null || slurmctld
+    if pgrep -x slurmctld >/dev/null; then
+        # A slurm.conf changed under running daemons (new partitions, features): read it again.
+        [ "$SLURM_CONF_BEFORE" = "$(cat /etc/slurm/slurm.conf)" ] || scontrol reconfigure
+    else
+        slurmctld
+    fi
     wait_for 60 slurmctld scontrol ping
     pgrep -fx slurmd >/dev/null || slurmd
     for node in n1 n2; do
