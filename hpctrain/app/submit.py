@@ -37,8 +37,10 @@ def submit(
     no_base: bool = False,
     resources: dict | None = None,
     dry_run: bool = False,
+    preflight: bool = True,
 ) -> Submitted:
-    """Submit a kraken job of project `name` (None: the current project)."""
+    """Submit a kraken job of project `name` (None: the current project). With `preflight`
+    (Slurm), the cluster side first checks it against its partition (cluster/partitions.py)."""
     name, why = current_project(workspace, name)
     notes = [f"project {name} ({why})"] if why else []
     project = load_project(workspace, name)
@@ -61,7 +63,7 @@ def submit(
         resources=_job_resources(workspace, project.resources, resources or {}),
         device=profile.device, kraken_version=profile.kraken_version, modules=profile.modules,
         venv=profile.venv, container=profile.container, templates=template_overrides(workspace),
-        alerts=tuple(a.to_json() for a in project.alerts),
+        alerts=tuple(a.to_json() for a in project.alerts), preflight=preflight,
     )
     with connect(workspace) as transport, full_disk_advice(transport, project.name):
         if request.base:
@@ -122,6 +124,7 @@ def submit_torchrun(
     monitor: str = "val_auc",
     resume_from: int | None = None,
     dry_run: bool = False,
+    preflight: bool = True,
 ) -> Submitted:
     """Submit SCRIPT (a local .py file, a module with `module`, or hpctrain.trainer) as a
     torchrun DDP job. With `project`, its project file gives resources and alerts; flags win."""
@@ -148,6 +151,7 @@ def submit_torchrun(
         container=environment.get("container") or profile.container,
         resume_from=resume_from,
         templates=template_overrides(workspace),
+        preflight=preflight,
     )
     with connect(workspace) as transport, full_disk_advice(transport, project):
         done = transport.cluster.submit_torchrun(request, dry_run=dry_run)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..cluster.api import FetchPlan, JobStatus, StatusReport, Submission, Usage, operations
+from ..cluster.partitions import Partition
 from ..cluster.registry import JobRecord, JobState
 from ..core import errors
 from ..core.config import Tree, user_template_dir
@@ -41,7 +42,7 @@ def _encode(result):
             "script": result.script,
             "job_dir": result.job_dir,
         }
-    if isinstance(result, (JobStatus, FetchPlan, StatusReport, Usage)):
+    if isinstance(result, (JobStatus, FetchPlan, StatusReport, Usage, Partition)):
         return asdict(result)
     if isinstance(result, (list, tuple)):
         return [_encode(r) for r in result]
@@ -174,3 +175,6 @@ class RemoteCluster:
 
     def usage(self, project: str | None = None) -> Usage:
         return Usage.from_json(self._call("usage", project=project))
+
+    def partitions(self, refresh: bool = False) -> list[Partition]:
+        return [Partition.from_json(p) for p in self._call("partitions", refresh=bool(refresh))]

@@ -9,6 +9,14 @@ from .main import json_option, main, print_json, workspace_of
 
 
 # -- submit -------------------------------------------------------------------------------
+preflight_option = click.option(
+    "--no-preflight",
+    is_flag=True,
+    help="Queue without checking the partition's limits first (time, CPUs, GPUs, memory, "
+    "features, who may use it); sbatch or the queue then decide.",
+)
+
+
 def _submit_command(kind: str, summary: str, example: str):
     @click.argument("project_name", metavar="[PROJECT]", required=False)
     @click.option("--partition", help="Slurm partition.")
@@ -19,6 +27,7 @@ def _submit_command(kind: str, summary: str, example: str):
     @click.option("--constraint", help="Slurm node constraint, e.g. gputc.")
     @click.option("--mail-user", help="E-mail for Slurm notifications.")
     @click.option("--dry-run", is_flag=True, help="Print the exact job script; submit nothing.")
+    @preflight_option
     @json_option
     @click.pass_context
     def command(
@@ -32,6 +41,7 @@ def _submit_command(kind: str, summary: str, example: str):
         constraint,
         mail_user,
         dry_run,
+        no_preflight,
         as_json,
         base=None,
         no_base=False,
@@ -55,6 +65,7 @@ def _submit_command(kind: str, summary: str, example: str):
             no_base=no_base,
             resources=resources,
             dry_run=dry_run,
+            preflight=not no_preflight,
         )
         _print_submission(result, kind, dry_run, as_json)
 
@@ -102,6 +113,10 @@ def submit():
       hpctrain submit segmentation Projet_A --base blla --time 04:00:00
       hpctrain submit transcription Projet_A --dry-run     # print the script only
       hpctrain submit torchrun train.py --nodes 2 --gpus-per-node 4 -- --config cfg.yaml
+
+    Under Slurm, a job is first checked against its partition (time limit, CPUs, GPUs, memory
+    and features of one node, who may use it): one line says what is allowed, and nothing is
+    queued. 'hpctrain partitions' shows the limits; --no-preflight skips the check.
     """
 
 
@@ -176,6 +191,7 @@ submit.command("compile")(
     help="Start from that job's last checkpoint ($HPCTRAIN_RESUME_FROM in the job).",
 )
 @click.option("--dry-run", is_flag=True, help="Print the exact job script; submit nothing.")
+@preflight_option
 @json_option
 @click.pass_context
 def submit_torchrun(
@@ -199,6 +215,7 @@ def submit_torchrun(
     monitor,
     resume_from,
     dry_run,
+    no_preflight,
     as_json,
 ):
     """Run a PyTorch DDP script with torchrun: one launcher per node, c10d rendezvous.
@@ -246,5 +263,41 @@ def submit_torchrun(
         monitor,
         check_job_id(resume_from) if resume_from else None,
         dry_run,
+        preflight=not no_preflight,
     )
     _print_submission(result, "torchrun", dry_run, as_json)
+
+
+@main.command()
+@click.option("--refresh", is_flag=True, help="Ask Slurm now instead of using the last answer "
+              "(kept a few minutes).")
+@json_option
+@click.pass_context
+def partitions(ctx, refresh, as_json):
+    """Show the Slurm partitions: time limit, nodes, CPUs, memory, GPUs and features per node,
+    state, and whether you may use each. Submit checks a job against the same facts.
+
+    \b
+    Examples:
+      hpctrain partitions
+      hpctrain partitions --refresh --json
+
+    The default partition (used without --partition) is marked with '*'.
+    """
+    from tabulate import tabulate
+
+    from ..app.partitions import HEADERS, partitions as do_partitions
+
+    report = do_partitions(workspace_of(ctx), refresh)
+    if as_json:
+        print_json(report.to_json())
+    elif report.executor != "slurm":
+        click.echo(f"no partitions with the {report.executor} executor: jobs run on the machine "
+                   "that holds the cluster root (set 'executor: slurm' in a profile for Slurm)")
+    elif not report.rows():
+        click.echo("Slurm shows no partition you can see")
+    else:
+        click.echo(tabulate(report.rows(), headers=HEADERS))
+        for partition in report.partitions:
+            if partition.why_not and not partition.hidden:
+                click.echo(f"{partition.name}: {partition.why_not}")

@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from ..core.errors import TransportError
 from ..jobs.requests import JobRequest, TorchrunRequest
+from .partitions import Partition
 from .registry import JobRecord
 
 MODEL_SUFFIXES = (".mlmodel", ".safetensors")  # what a base model file may be
@@ -171,6 +172,12 @@ class ClusterOps(Protocol):
 
     def usage(self, project: str | None = None) -> Usage:
         """What each project (or one) occupies, by kind of file, and the free space."""
+        ...
+
+    def partitions(self, refresh: bool = False) -> list[Partition]:
+        """Slurm's partitions (limits, nodes, features) and whether the user may use each; empty
+        for an executor without partitions. Slurm is asked at most every few minutes unless
+        `refresh` (cluster/partitions.py owns the cache)."""
         ...
 
 

@@ -43,6 +43,7 @@ from ..jobs.requests import JobRequest, TorchrunRequest, recorded
 from ..jobs.split import split_pages
 from ..runtime import events
 from ..runtime.runner import RESERVE_BYTES, disk_full_error, read_settings
+from . import partitions as slurm_partitions
 from . import provenance
 from . import usage as sizes
 from .api import (
@@ -142,6 +143,7 @@ class ClusterSide:
             raise HpctrainError(
                 f"unknown job kind {request.kind!r}; choose one of {', '.join(build.KINDS)}"
             )
+        self._preflight(request, slurm_partitions.KRAKEN_FLAGS)
         if request.base and not (dry_run and request.base_path):
             # A dry run may show where a base model still on the laptop will be.
             request = replace(request, base_path=str(self.resolve_base(request.base)))
@@ -185,6 +187,7 @@ class ClusterSide:
                 f"{request.resources.nodes} nodes need Slurm; the {self.executor} "
                 "executor runs one node (set 'executor: slurm' in the profile)"
             )
+        self._preflight(request, slurm_partitions.TORCHRUN_FLAGS, request.nproc_per_node)
         resume_from = self._checkpoint_of(request.resume_from) if request.resume_from else None
         params = {"request": recorded(request), "hpctrain": __version__}
 
@@ -195,6 +198,19 @@ class ClusterSide:
             )
 
         return self._submit(request, params, render_files, dry_run)
+
+    def _preflight(self, request: JobRequest | TorchrunRequest,
+                   flags: slurm_partitions.Flags, processes: int | None = None) -> None:
+        """Refuse, before anything is registered, what the partition cannot run or the user
+        may not use there (Slurm only: the local executor has no partitions)."""
+        if self.executor == "slurm" and request.preflight:
+            slurm_partitions.preflight(self.root, request.resources, flags, processes)
+
+    def partitions(self, refresh: bool = False) -> list[slurm_partitions.Partition]:
+        """Slurm's partitions and whether this user may use each; none for the local executor."""
+        if self.executor != "slurm":
+            return []
+        return slurm_partitions.partitions(self.root, refresh)
 
     def _checkpoint_of(self, job_id: int) -> str:
         with self.registry() as registry:

@@ -89,6 +89,7 @@ class JobRequest:
     templates: dict = field(default_factory=dict, compare=False)  # the user's template overrides
     base_path: str | None = None  # filled in by the cluster side
     alerts: tuple[dict, ...] = ()
+    preflight: bool = True  # check the partition's limits before queueing (cluster/partitions)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -111,6 +112,7 @@ class TorchrunRequest:
     container: str | None = None
     resume_from: int | None = None  # a job whose last checkpoint this one starts from
     templates: dict = field(default_factory=dict, compare=False)
+    preflight: bool = True  # check the partition's limits before queueing (cluster/partitions)
 
     @property
     def kind(self) -> str:
@@ -127,6 +129,7 @@ def job_request_from_json(data: dict) -> JobRequest:
     data["resources"] = Resources(**data["resources"])
     data["modules"] = tuple(data.get("modules") or ())
     data["alerts"] = tuple(data.get("alerts") or ())
+    data["preflight"] = data.get("preflight", True) is not False
     return JobRequest(**data)
 
 
@@ -135,6 +138,7 @@ def torchrun_request_from_json(data: dict) -> TorchrunRequest:
     data["resources"] = Resources(**data["resources"])
     for key in ("args", "alerts", "modules"):
         data[key] = tuple(data.get(key) or ())
+    data["preflight"] = data.get("preflight", True) is not False
     return TorchrunRequest(**data)
 
 

@@ -84,7 +84,9 @@ def test_cancel_under_slurm(cli, workspace, slurm_project):
 
 
 def test_invalid_partition_is_refused_and_nothing_is_registered(cli, workspace, slurm_project):
-    result = cli("submit", "transcription", "Demo", "--no-base", "--partition", "nosuchpartition")
+    # --no-preflight: sbatch itself refuses (preflight's refusal: test_preflight_slurm.py)
+    result = cli("submit", "transcription", "Demo", "--no-base", "--partition", "nosuchpartition",
+                 "--no-preflight")
     assert result.exit_code != 0
     last = result.stderr.strip().splitlines()[-1]
     assert (

@@ -97,6 +97,7 @@ CALLS = {
     "clean_plan": {"project": "Demo"},
     "clean": {"paths": []},
     "usage": {"project": "Demo"},
+    "partitions": {"refresh": False},  # the local executor's: none (Slurm's: test_preflight_cli)
     "submit": {"request": KRAKEN, "dry_run": True},
     "submit_torchrun": {"request": TORCHRUN, "dry_run": True},
 }

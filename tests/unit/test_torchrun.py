@@ -36,7 +36,8 @@ def slurm_cli(cli, workspace):
 
 
 def dry_run(cli, *args) -> str:
-    result = cli("submit", "torchrun", "--dry-run", *args)
+    # A GPU site's job, rendered here: the partitions of this machine's Slurm are not checked
+    result = cli("submit", "torchrun", "--dry-run", "--no-preflight", *args)
     assert result.exit_code == 0, result.output
     return result.stdout
 
@@ -152,7 +153,8 @@ def test_user_script_is_sent_and_its_arguments_stay_literal(slurm_cli, tmp_path,
     train = tmp_path / "train.py"
     train.write_text("print('hi')\n")
     hostile = ["--name", "$(touch /tmp/pwned)", "a b", "`id`", "x;y", "new\nline", "--json"]
-    result = slurm_cli("submit", "torchrun", "--dry-run", str(train), "--", *hostile)
+    result = slurm_cli("submit", "torchrun", "--dry-run", "--no-preflight", str(train), "--",
+                       *hostile)
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(
         "#!/bin/bash"
@@ -241,6 +243,7 @@ def test_the_request_crosses_ssh_as_json(tmp_path):
         nproc_per_node=4,
         alerts=({"metric": "val_auc", "min": 0.9, "max": None, "after_epoch": 0},),
         modules=("cuda",),
+        preflight=False,  # a GPU site's job: this machine's partitions are not checked
     )
     root = tmp_path / "root"
     ClusterSide(root, Tree(), "slurm").ensure_tree()
