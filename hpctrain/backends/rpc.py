@@ -13,7 +13,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import __version__
-from ..cluster.api import FetchPlan, JobStatus, StatusReport, Submission, Usage, operations
+from ..cluster.api import (
+    FetchPlan,
+    JobReport,
+    JobStatus,
+    StatusReport,
+    Submission,
+    Usage,
+    operations,
+)
 from ..cluster.partitions import Partition
 from ..cluster.registry import JobRecord, JobState
 from ..core import errors
@@ -42,6 +50,8 @@ def _encode(result):
             "script": result.script,
             "job_dir": result.job_dir,
         }
+    if isinstance(result, JobReport):
+        return result.to_json()
     if isinstance(result, (JobStatus, FetchPlan, StatusReport, Usage, Partition)):
         return asdict(result)
     if isinstance(result, (list, tuple)):
@@ -154,6 +164,9 @@ class RemoteCluster:
 
     def job(self, job_id: int) -> JobStatus:
         return JobStatus(**self._call("job", job_id=int(job_id)))
+
+    def report(self, job_id: int) -> JobReport:
+        return JobReport.from_json(self._call("report", job_id=int(job_id)))
 
     def read_log(self, job_id: int, offset: int = 0) -> tuple[str, int]:
         text, new_offset = self._call("read_log", job_id=int(job_id), offset=offset)

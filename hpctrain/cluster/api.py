@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from ..core.errors import TransportError
 from ..jobs.requests import JobRequest, TorchrunRequest
+from .efficiency import Efficiency
 from .partitions import Partition
 from .registry import JobRecord
 
@@ -62,9 +63,26 @@ class JobStatus:
     epoch_seconds: float | None = None  # mean time an epoch takes, for the estimate of time left
     metrics: dict = field(default_factory=dict)  # the latest epoch's metrics
     warnings: list = field(default_factory=list)  # damaged files of the job, one line each
+    efficiency: dict | None = None  # a finished job's: Efficiency.to_json() (cluster/efficiency.py)
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class JobReport:
+    """`hpctrain report JOB`: the job's status row and what it used of what it asked for (so far,
+    if it has not ended)."""
+
+    job: JobStatus
+    efficiency: Efficiency
+
+    def to_json(self) -> dict:
+        return {"job": self.job.to_json(), "efficiency": self.efficiency.to_json()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "JobReport":
+        return cls(JobStatus(**data["job"]), Efficiency.from_json(data["efficiency"]))
 
 
 @dataclass
@@ -148,6 +166,10 @@ class ClusterOps(Protocol):
 
     def job(self, job_id: int) -> JobStatus:
         """The row of one job."""
+        ...
+
+    def report(self, job_id: int) -> JobReport:
+        """The row of one job and its efficiency: queue wait, CPU, memory, GPU, a suggestion."""
         ...
 
     def read_log(self, job_id: int, offset: int = 0) -> tuple[str, int]:

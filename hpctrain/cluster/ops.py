@@ -43,12 +43,13 @@ from ..jobs.requests import JobRequest, TorchrunRequest, recorded
 from ..jobs.split import split_pages
 from ..runtime import events
 from ..runtime.runner import RESERVE_BYTES, disk_full_error, read_settings
+from . import efficiency, provenance
 from . import partitions as slurm_partitions
-from . import provenance
 from . import usage as sizes
 from .api import (
     MODEL_SUFFIXES,
     FetchPlan,
+    JobReport,
     JobStatus,
     StatusReport,
     Submission,
@@ -314,7 +315,21 @@ class ClusterSide:
                 damaged = damage.warning(f"{record.job_dir}/{EVENTS}", state.final)
                 row.warnings = ([damaged] if damaged else []) + warnings
                 report.rows.append(row)
+            self._add_efficiency(records, report.rows)
             return report
+
+    def _add_efficiency(self, records: list[JobRecord], rows: list[JobStatus]) -> None:
+        """Finished jobs' rows carry their efficiency: as kept in their folders, else measured
+        with one accounting query for all of them (cluster/efficiency.py)."""
+        finished = [(record, JobState(row.state)) for record, row in zip(records, rows)
+                    if JobState(row.state).final]
+        if not finished:
+            return
+        found = efficiency.measure_jobs(self.root, scheduler_for(self.executor, self.root),
+                                        finished)
+        for row in rows:
+            if row.id in found:
+                row.efficiency = found[row.id].to_json()
 
     def _record_silent_end(self, record: JobRecord, state: JobState,
                            progress: events.Progress, live: Live | None) -> None:
@@ -382,6 +397,18 @@ class ClusterSide:
 
     def job(self, job_id: int) -> JobStatus:
         return self.status([int(job_id)]).rows[0]
+
+    def report(self, job_id: int) -> JobReport:
+        """The job's row and its efficiency; a job that has not ended is measured so far (and
+        its figures are not kept)."""
+        row = self.job(job_id)
+        if row.efficiency is not None:
+            return JobReport(row, efficiency.Efficiency.from_json(row.efficiency))
+        with self.registry() as registry:
+            record = registry.get(row.id)
+        found = efficiency.measure_jobs(self.root, scheduler_for(self.executor, self.root),
+                                        [(record, JobState(row.state))])
+        return JobReport(row, found[record.id])
 
     def read_log(self, job_id: int, offset: int = 0) -> tuple[str, int]:
         """Up to LOG_CHUNK bytes of the raw log from `offset`, cut at a line end; the new offset."""

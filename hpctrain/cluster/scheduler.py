@@ -1,6 +1,7 @@
 """How jobs are scheduled: the scheduler seam and its two implementations, both on submitit.
 
-A scheduler submits the job runner for a job folder, reports live states, and cancels:
+A scheduler submits the job runner for a job folder, reports live states, cancels, and says what
+jobs used (`accounting`: Slurm's, read from sacct; the embedded default has none):
 `LocalScheduler` (submitit's local executor, the embedded default) and `SlurmScheduler`.
 """
 
@@ -10,7 +11,7 @@ import os
 import re
 import signal
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -63,6 +64,11 @@ class Scheduler(Protocol):
 
     def cancel(self, scheduler_id: str, job_dir: Path) -> None:
         """Stop the job, whatever its state."""
+        ...
+
+    def accounting(self, scheduler_ids: list[str]) -> dict[str, Accounting]:
+        """What the jobs used, in one batched query; a job the scheduler keeps no account of
+        is absent."""
         ...
 
 
@@ -152,6 +158,10 @@ class LocalScheduler:
                 )  # submitit's controller stops its tasks on SIGINT
             except ProcessLookupError:
                 pass
+
+    def accounting(self, scheduler_ids: list[str]) -> dict[str, Accounting]:
+        """None kept: the runner's own `rusage` and `gpu` events are the figures."""
+        return {}
 
 
 # Slurm's job states (sacct) onto hpctrain's; a requeued or preempted job waits again.
@@ -262,6 +272,130 @@ def waiting(reason: str | None) -> Waiting | None:
     return Waiting(key, f"waiting ({key})")
 
 
+# -- accounting: what a job used, in Slurm's words (cluster/efficiency.py reports it) ----------
+ACCOUNTING_FIELDS = ("JobID", "State", "ElapsedRaw", "TotalCPU", "AllocCPUS", "NNodes", "ReqMem",
+                     "MaxRSS", "Submit", "Start", "End", "AllocTRES", "Timelimit")
+# TotalCPU: [D-][HH:]MM:SS[.mmm] (sacct drops the milliseconds once there are hours)
+_DURATION = re.compile(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+(?:\.\d+)?)", re.ASCII)
+# MaxRSS 393596K, 243.50M; ReqMem 12052M, and before Slurm 21.08 4000Mc (per CPU), 32Gn (per node)
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)([KMGTP]?)([nc]?)", re.ASCII)
+_UNITS = "KMGTP"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of a job in Slurm's accounting (a requeued job has one per start), with what its
+    steps used folded in."""
+
+    state: JobState
+    said: str | None  # Slurm's word: COMPLETED, REQUEUED, OUT_OF_MEMORY...
+    submit: str | None  # sacct's local times (2026-11-23T18:10:53); None: not yet or never
+    start: str | None
+    end: str | None
+    elapsed: int = 0  # seconds
+    cpu_seconds: float = 0.0  # TotalCPU: user + system time of the steps that have ended
+    cpus: int = 0  # all nodes together
+    nodes: int = 0
+    mem_request: int | None = None  # bytes per node
+    max_rss: int | None = None  # bytes: the largest step's peak (one task's); None: none recorded
+    gpus: int = 0  # all nodes together
+    time_limit: int | None = None  # seconds; None: none of its own (the partition's, UNLIMITED)
+    steps: int = 0
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """A job's runs in Slurm's accounting, oldest first."""
+
+    runs: tuple[Run, ...]
+
+    @property
+    def last(self) -> Run:
+        return self.runs[-1]
+
+    @property
+    def final(self) -> bool:
+        """The last run has ended: accounting will not change any more."""
+        return self.last.state.final and self.last.end is not None
+
+
+def duration_seconds(text: str) -> float | None:
+    """A sacct duration (TotalCPU: 1-02:03:04, 02:03:04, 12:34.567) in seconds."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match:
+        return None
+    days, hours, minutes, seconds = match.groups()
+    return ((int(days or 0) * 24 + int(hours or 0)) * 60 + int(minutes)) * 60 + float(seconds)
+
+
+def size_bytes(text: str) -> int | None:
+    """A sacct size (MaxRSS 393596K, 243.50M) in bytes."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        return None
+    number, unit, _per = match.groups()
+    return int(float(number) * (1024 ** (_UNITS.index(unit) + 1) if unit else 1))
+
+
+def memory_per_node(req_mem: str, cpus: int, nodes: int) -> int | None:
+    """ReqMem in bytes per node: since Slurm 21.08 the job's total; before, per node (32Gn) or
+    per CPU (4000Mc)."""
+    total = size_bytes(req_mem)
+    if total is None:
+        return None
+    nodes = max(1, nodes)
+    if req_mem.endswith("c"):
+        return total * max(1, cpus // nodes)
+    return total if req_mem.endswith("n") else total // nodes
+
+
+def _time(text: str) -> str | None:
+    return text if text[:1].isdigit() else None  # 'Unknown', 'None', ''
+
+
+def _count(text: str) -> int:
+    return int(text) if text.isdigit() else 0
+
+
+def _gpus(tres: str) -> int:
+    """gres/gpu=N of AllocTRES (typed entries, gres/gpu:a100=N, repeat the count)."""
+    for item in tres.split(","):
+        key, _, value = item.partition("=")
+        if key == "gres/gpu":
+            return _count(value)
+    return 0
+
+
+def _job_run(row: list[str]) -> Run:
+    (_id, state, elapsed, total_cpu, cpus, nodes, req_mem, _rss, submit, start, end, tres,
+     limit) = row[:len(ACCOUNTING_FIELDS)]
+    return Run(_state(state), _word(state), _time(submit), _time(start), _time(end),
+               _count(elapsed), duration_seconds(total_cpu) or 0.0, _count(cpus), _count(nodes),
+               memory_per_node(req_mem, _count(cpus), _count(nodes)), None, _gpus(tres),
+               slurm_time(limit), 0)
+
+
+def _with_step(run: Run, row: list[str]) -> Run:
+    rss = size_bytes(row[ACCOUNTING_FIELDS.index("MaxRSS")])
+    peak = max((r for r in (run.max_rss, rss) if r is not None), default=None)
+    return replace(run, max_rss=peak, steps=run.steps + 1)
+
+
+def parse_accounting(out: str, scheduler_ids: list[str]) -> dict[str, Accounting]:
+    """sacct -P -D lines (ACCOUNTING_FIELDS) by job: each job line starts a run, the step lines
+    after it (ID.batch, ID.0, ID.extern) belong to that run. Lines of other jobs are skipped."""
+    runs: dict[str, list[Run]] = {}
+    for row in _fields(out, len(ACCOUNTING_FIELDS)):
+        job_id, _, step = row[0].partition(".")
+        if job_id not in scheduler_ids:
+            continue
+        if not step:
+            runs.setdefault(job_id, []).append(_job_run(row))
+        elif runs.get(job_id):
+            runs[job_id][-1] = _with_step(runs[job_id][-1], row)
+    return {job_id: Accounting(tuple(found)) for job_id, found in runs.items()}
+
+
 def directives(script: str) -> list[str]:
     return [line for line in script.splitlines() if line.startswith("#SBATCH ")]
 
@@ -363,6 +497,15 @@ class SlurmScheduler:
 
     def cancel(self, scheduler_id: str, job_dir: Path) -> None:
         _run(["scancel", scheduler_id], "scancel")
+
+    def accounting(self, scheduler_ids: list[str]) -> dict[str, Accounting]:
+        """One sacct call for all the jobs: every run (-D: a requeued job's earlier runs too),
+        with its steps (no -X: MaxRSS is only the steps')."""
+        if not scheduler_ids:
+            return {}
+        out = _run(["sacct", "-n", "-P", "-D", "-j", ",".join(scheduler_ids),
+                    "-o", ",".join(ACCOUNTING_FIELDS)], "sacct (job accounting)")
+        return parse_accounting(out, scheduler_ids)
 
 
 SCHEDULERS = {"local": LocalScheduler, "slurm": SlurmScheduler}

@@ -3,6 +3,7 @@
     Repertoire_model_finetune/PROJECT/jobN-KIND/
         job.sh          the rendered script          job.json    settings the runner reads
         job.log         raw output                   events.jsonl  structured events
+        efficiency.json what a finished job used (cluster/efficiency.py)
         split/          train.txt validation.txt test.txt (+ validation_arrow.txt)
         arrow_check.py  checks compiled data, so that a requeued job reuses it
         model/          ketos' checkpoints and best model
@@ -33,6 +34,7 @@ VALIDATION_ARROW_LIST = f"{SPLIT_DIR}/validation_arrow.txt"
 ARROW_CHECK = "arrow_check.py"  # runtime/arrow_check.py, copied into kraken jobs that compile
 # Space the runner holds while a job runs and gives back for its last events if the disk fills.
 RESERVE = ".hpctrain-reserve"
+EFFICIENCY = "efficiency.json"  # a finished job's figures, kept once whole
 
 
 def split_file(part: str) -> str:

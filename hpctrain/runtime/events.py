@@ -4,6 +4,12 @@ One JSON object per line, each with `t` (Unix time) and `event`. Writers append 
 and flush; readers ignore a last line that has no newline yet, so a reader never mistakes a
 half-written line for an error. Each `start` event carries the format version (`format`).
 
+Besides the training's own events, the runner writes what the job used: `gpu` (one sample of
+each GPU: `utilization` in percent, `memory_used` and `memory_total` in MiB, a list each, null
+where nvidia-smi has no figure), `gpu_unavailable` (why GPU sampling stopped or never started) and
+`rusage` (at the end of each run: the job's processes' `cpu_seconds`, user + system, their
+`max_rss` in bytes, and the run's `wall_seconds`). `usage()` folds them.
+
 A damaged file never stops a reader: a line that is not UTF-8, not a JSON object, or longer
 than MAX_LINE (read in bounded pieces, never whole) is skipped and noted in a `Damage`, and an
 unreadable file reads as no events; the caller turns the `Damage` into one warning line.
@@ -217,3 +223,74 @@ def summarize(events: Iterator[dict]) -> Progress:
                 # no line said so (ketos 4.3, a script's own metrics): it ran to its bound
                 progress.stopped, progress.stopped_epoch = "bound", progress.epoch
     return progress
+
+
+@dataclass
+class GpuUsage:
+    """The job's GPUs as its runner sampled them (`gpu` events), over every run."""
+
+    samples: int = 0
+    gpus: int = 0  # the most GPUs one sample listed
+    mean_utilization: float | None = None  # percent, over every GPU of every sample
+    peak_utilization: float | None = None  # percent, the busiest GPU at its busiest
+    peak_memory: float | None = None  # MiB, the most one GPU held
+    memory_total: float | None = None  # MiB, the largest GPU's size
+    unavailable: str | None = None  # why sampling stopped or never started
+
+
+@dataclass
+class RunUsage:
+    """What the job's processes used, as the runner measured them (`rusage` events), over runs."""
+
+    runs: int = 0
+    cpu_seconds: float = 0.0  # user + system
+    wall_seconds: float = 0.0
+    longest_seconds: float = 0.0  # the longest run's wall time
+    max_rss: int | None = None  # bytes: the largest process's peak
+
+
+@dataclass
+class Usage:
+    gpu: GpuUsage
+    run: RunUsage
+
+
+def _numbers(values) -> list[float]:
+    if not isinstance(values, list):
+        return []
+    return [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def _most(current: float | None, values: list[float]) -> float | None:
+    found = values + ([] if current is None else [current])
+    return max(found) if found else None
+
+
+def usage(events: Iterator[dict]) -> Usage:
+    """The `gpu`, `gpu_unavailable` and `rusage` events folded; others are passed over."""
+    gpu, run, utilization = GpuUsage(), RunUsage(), []
+    for event in events:
+        kind = event.get("event")
+        if kind == "gpu":
+            busy, used = _numbers(event.get("utilization")), _numbers(event.get("memory_used"))
+            total = _numbers(event.get("memory_total"))
+            gpu.samples += 1
+            gpu.gpus = max(gpu.gpus, len(event.get("utilization") or []))
+            utilization += busy
+            gpu.peak_memory = _most(gpu.peak_memory, used)
+            gpu.memory_total = _most(gpu.memory_total, total)
+        elif kind == "gpu_unavailable":
+            gpu.unavailable = str(event.get("reason") or "GPU sampling stopped")
+        elif kind == "rusage":
+            cpu, wall = _numbers([event.get("cpu_seconds")]), _numbers([event.get("wall_seconds")])
+            rss = _numbers([event.get("max_rss")])
+            run.runs += 1
+            run.cpu_seconds += sum(cpu)
+            run.wall_seconds += sum(wall)
+            run.longest_seconds = max([run.longest_seconds, *wall])
+            if rss:
+                run.max_rss = max(int(rss[0]), run.max_rss or 0)
+    if utilization:
+        gpu.mean_utilization = round(sum(utilization) / len(utilization), 1)
+        gpu.peak_utilization = max(utilization)
+    return Usage(gpu, run)

@@ -3,6 +3,8 @@
 It runs the job's rendered script with bash, keeps the raw output in `job.log`, and writes
 structured events to `events.jsonl` beside it as the lines arrive: start, steps, epochs,
 metrics, best model so far, early stop, test accuracy, and the error line when a command fails.
+While the job runs, a thread samples its GPUs (runtime/gpu.py); at its end, the runner records
+what the job's processes used (`rusage`: CPU time and peak memory), for the efficiency report.
 
 When the disk or quota fills up while the job runs, a line that cannot be written is undone
 (the file is cut back to its last whole line) and counted; the job's output is still read and
@@ -16,12 +18,14 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections import deque
 from pathlib import Path
 
 from ..core.errors import HpctrainError, full_disk
 from ..core.layout import EVENTS, LOG, MODEL_DIR, RESERVE, SCRIPT, SETTINGS
-from . import events
+from . import events, gpu
 from .logparse import LogParser
 
 
@@ -43,8 +47,13 @@ class Sink:
         self.lost = 0
         self.why: str | None = None  # the first failure, in words
         self._handle = open(path, "ab", buffering=0)
+        self._lock = threading.Lock()  # the GPU sampler's thread writes events too
 
     def write(self, text: str) -> None:
+        with self._lock:
+            self._write(text)
+
+    def _write(self, text: str) -> None:
         if self.lost:
             note = f"[hpctrain: {self.lost} line(s) lost here: {self.why}]\n"
             if not self._append(note.encode()):
@@ -174,6 +183,23 @@ def _parser(job_dir: Path) -> LogParser:
     return LogParser(settings.get("monitor"), alerts, epochs)
 
 
+def _children_usage() -> tuple[float, int]:
+    """(user + system CPU seconds, max RSS in bytes) of this process's ended children so far."""
+    import resource
+
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    unit = 1 if sys.platform == "darwin" else 1024  # macOS counts bytes, Linux kilobytes
+    return used.ru_utime + used.ru_stime, used.ru_maxrss * unit
+
+
+def _rusage_event(before: tuple[float, int], wall_seconds: float) -> dict:
+    """What the job's process and its descendants used (those it waited for): where Slurm's
+    accounting is off or absent (the embedded default), the job's only CPU and memory figures."""
+    cpu, max_rss = _children_usage()
+    return {"event": "rusage", "cpu_seconds": round(cpu - before[0], 3), "max_rss": max_rss,
+            "wall_seconds": round(wall_seconds, 3)}
+
+
 class JobRunner:
     """Callable payload; picklable (it holds only the job folder's path)."""
 
@@ -233,8 +259,10 @@ class JobRunner:
         env = dict(os.environ, PATH=path, COLUMNS="250", PYTHONUNBUFFERED="1")
         try:
             parser, settings_error = _parser(job_dir), None
+            gpu_seconds = gpu.interval(read_settings(job_dir))
         except ValueError as e:
-            parser, settings_error = None, f"{SETTINGS} {e}: submit the job again"
+            parser, gpu_seconds = None, 0.0
+            settings_error = f"{SETTINGS} {e}: submit the job again"
         # A requeued job may not beat, after its restart, the best model it reported before it.
         reported_model = next(
             (
@@ -247,7 +275,7 @@ class JobRunner:
         reserve = hold_reserve(job_dir)
         try:
             code, error, best = self._watch(job_dir, env, parser, settings_error, reported_model,
-                                            reserve)
+                                            reserve, gpu_seconds)
         finally:
             if reserve is not None:
                 reserve.unlink(missing_ok=True)
@@ -256,7 +284,8 @@ class JobRunner:
         return {"exit_code": 0, "best_model": best}
 
     def _watch(self, job_dir: Path, env: dict, parser, settings_error: str | None,
-               reported_model: str | None, reserve: Path | None) -> tuple[int, str | None, str]:
+               reported_model: str | None, reserve: Path | None,
+               gpu_seconds: float = gpu.DEFAULT_SECONDS) -> tuple[int, str | None, str]:
         """Run the script, keep its log and events; (exit code, error line, best model)."""
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         with Sink(job_dir / LOG) as raw, Sink(job_dir / EVENTS) as sink:
@@ -268,6 +297,7 @@ class JobRunner:
             if settings_error:
                 events.append(sink, {"event": "end", "exit_code": 1, "error": settings_error})
                 raise JobFailed(settings_error)
+            before, started = _children_usage(), time.monotonic()
             process = subprocess.Popen(
                 ["bash", str(job_dir / SCRIPT)],
                 cwd=job_dir,
@@ -282,6 +312,9 @@ class JobRunner:
             )
             events.append(sink, {"event": "process", "pgid": process.pid})
             self._process = process
+            # a daemon thread: were this loop to raise, it would not keep the runner alive
+            sampler = gpu.Sampler(lambda event: events.append(sink, event), gpu_seconds, env)
+            sampler.start()
             for line in process.stdout:
                 raw.write(line)
                 tail.append(line)
@@ -290,8 +323,10 @@ class JobRunner:
                         reported_model = event["path"]
                     events.append(sink, event)
             code = process.wait()
+            sampler.stop()
             if reserve is not None:  # room for the last events
                 reserve.unlink(missing_ok=True)
+            events.append(sink, _rusage_event(before, time.monotonic() - started))
             for event in parser.finish(completed=code == 0):
                 events.append(sink, event)
             best = find_best_model(job_dir, reported_model)

@@ -92,6 +92,7 @@ CALLS = {
     "base_models": {},
     "status": {},
     "job": {"job_id": 1},
+    "report": {"job_id": 1},
     "read_log": {"job_id": 1, "offset": 3},
     "fetch_plan": {"target": "Demo"},
     "clean_plan": {"project": "Demo"},
@@ -114,7 +115,7 @@ def comparable(result):
         return replace(result, elapsed=None)
     if hasattr(result, "rows"):
         return replace(result, rows=comparable(result.rows))
-    if hasattr(result, "job") and hasattr(result, "files"):
+    if hasattr(result, "job") and (hasattr(result, "files") or hasattr(result, "efficiency")):
         return replace(result, job=comparable(result.job))
     return result
 
