@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..cluster.api import FetchPlan, JobStatus, StatusReport, Submission, Usage, operations
-from ..cluster.registry import JobRecord, JobState
+from ..cluster.registry import JobRecord
 from ..core import errors
 from ..core.config import Tree, user_template_dir
 from ..core.errors import HpctrainError, TransportError
@@ -40,6 +40,7 @@ def _encode(result):
             "job": result.job.to_json() if result.job else None,
             "script": result.script,
             "job_dir": result.job_dir,
+            "compile_script": result.compile_script,
         }
     if isinstance(result, (JobStatus, FetchPlan, StatusReport, Usage)):
         return asdict(result)
@@ -87,11 +88,12 @@ def serve(request_text: str) -> dict:
 def record_from_json(data: dict | None) -> JobRecord | None:
     if data is None:
         return None
-    return JobRecord(**{**data, "state": JobState(data["state"])})
+    return JobRecord.from_json(data)
 
 
 def _submission(data: dict) -> Submission:
-    return Submission(record_from_json(data["job"]), data["script"], data["job_dir"])
+    return Submission(record_from_json(data["job"]), data["script"], data["job_dir"],
+                      data.get("compile_script"))
 
 
 class RemoteCluster:
