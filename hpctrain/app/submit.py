@@ -27,6 +27,7 @@ class Submitted:
     script: str
     job_dir: str
     notes: tuple[str, ...] = ()
+    compile_script: str | None = None  # a chained job's first stage; `script` trains
 
 
 def submit(
@@ -57,10 +58,13 @@ def submit(
             f"{kind}.spec in projects/{name}.yaml to train from scratch"
         )
     profile = workspace.profile
+    job_resources = _compile_partition(
+        workspace, _job_resources(workspace, project.resources, resources or {}))
+    notes += _compile_note(workspace, kind, job_resources)
     request = JobRequest(
         kind=kind, project=project.name, format=project.format,
         base=base if kind != "compile" else None, params=params, split=project.split,
-        resources=_job_resources(workspace, project.resources, resources or {}),
+        resources=job_resources,
         device=profile.device, kraken_version=profile.kraken_version, modules=profile.modules,
         venv=profile.venv, container=profile.container, templates=template_overrides(workspace),
         alerts=tuple(a.to_json() for a in project.alerts), preflight=preflight,
@@ -70,7 +74,7 @@ def submit(
             request, sent = _base_on_the_cluster(workspace, transport, request, dry_run)
             notes += sent
         done = transport.cluster.submit(request, dry_run=dry_run)
-    return Submitted(done.job, done.script, done.job_dir, tuple(notes))
+    return Submitted(done.job, done.script, done.job_dir, tuple(notes), done.compile_script)
 
 
 def _base_on_the_cluster(workspace: Workspace, transport, request: JobRequest,
@@ -110,6 +114,26 @@ def _job_resources(workspace: Workspace, base: Resources, flags: dict) -> Resour
     if resources.partition is None and workspace.profile.partition:
         resources = override_resources(resources, partition=workspace.profile.partition)
     return resources
+
+
+def _compile_partition(workspace: Workspace, resources: Resources) -> Resources:
+    """The profile's compile partition, unless the flag or the project names one."""
+    if resources.compile_partition is None and workspace.profile.compile_partition:
+        return override_resources(
+            resources, compile_partition=workspace.profile.compile_partition)
+    return resources
+
+
+def _compile_note(workspace: Workspace, kind: str, resources: Resources) -> list[str]:
+    """The embedded default (submitit's local executor) runs every job whole on this machine:
+    a compile partition means nothing there, so it is ignored, and said once (a project file
+    shared with a Slurm profile keeps working here)."""
+    if (resources.compile_partition and workspace.profile.executor != "slurm"
+            and kind in ("compile", "transcription")):
+        return [f"compile_partition {resources.compile_partition} ignored: the "
+                f"{workspace.profile.executor} executor runs the whole job on one machine "
+                "(it needs 'executor: slurm')"]
+    return []
 
 
 def submit_torchrun(

@@ -23,7 +23,7 @@ from ..cluster.api import (
     operations,
 )
 from ..cluster.partitions import Partition
-from ..cluster.registry import JobRecord, JobState
+from ..cluster.registry import JobRecord
 from ..core import errors
 from ..core.config import Tree, user_template_dir
 from ..core.errors import HpctrainError, TransportError
@@ -49,6 +49,7 @@ def _encode(result):
             "job": result.job.to_json() if result.job else None,
             "script": result.script,
             "job_dir": result.job_dir,
+            "compile_script": result.compile_script,
         }
     if isinstance(result, JobReport):
         return result.to_json()
@@ -98,11 +99,12 @@ def serve(request_text: str) -> dict:
 def record_from_json(data: dict | None) -> JobRecord | None:
     if data is None:
         return None
-    return JobRecord(**{**data, "state": JobState(data["state"])})
+    return JobRecord.from_json(data)
 
 
 def _submission(data: dict) -> Submission:
-    return Submission(record_from_json(data["job"]), data["script"], data["job_dir"])
+    return Submission(record_from_json(data["job"]), data["script"], data["job_dir"],
+                      data.get("compile_script"))
 
 
 class RemoteCluster:

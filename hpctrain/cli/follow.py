@@ -76,6 +76,8 @@ def status(ctx, job_ids, project_name, as_json):
         )
     )
     for r in rows:
+        if _stage_words(r):
+            click.echo(f"job {r.id}: {_stage_words(r)} ({_stage_ids(r)})")
         if r.error and r.state == "FAILED":
             click.echo(f"job {r.id}: {r.error}")
         if r.waiting or r.expected_start:
@@ -88,6 +90,26 @@ def status(ctx, job_ids, project_name, as_json):
 def _warnings(rows) -> list[str]:
     """Each job's damaged files, one line each: the other jobs' rows are shown all the same."""
     return [f"job {r.id}: {warning}" for r in rows for warning in r.warnings]
+
+
+# A chained job's stage in words, while it waits and while it runs.
+STAGE_WORDS = {"compile": ("compiling waits for", "compiling on"),
+               "train": ("compiled; training waits for", "training on")}
+
+
+def _stage_words(row) -> str | None:
+    """Where a chained job is: 'compiling on cpu', 'compiled; training waits for publicgpu'."""
+    if not row.stage or row.state not in ("PENDING", "RUNNING"):
+        return None
+    waits, runs = STAGE_WORDS.get(row.stage, (f"{row.stage} waits for", f"{row.stage} on"))
+    partition = next((s.get("partition") for s in row.stages if s.get("name") == row.stage),
+                     None)
+    return f"{runs if row.state == 'RUNNING' else waits} {partition or 'the default partition'}"
+
+
+def _stage_ids(row) -> str:
+    return ", ".join(f"{s.get('name')}: Slurm job {s.get('scheduler_id')} {s.get('state')}"
+                     for s in row.stages)
 
 
 def _why_waiting(row) -> str:
@@ -177,6 +199,8 @@ def wait(ctx, job_id, timeout, as_json):
 def _progress_line(row, clock: bool = False) -> str:
     """The job's progress in one line; with `clock`, also elapsed time and time left."""
     parts = [f"job {row.id} {row.state}"]
+    if _stage_words(row):
+        parts.append(_stage_words(row))
     if row.state == "PENDING" and (row.waiting or row.expected_start):
         parts.append(_why_waiting(row))
     if row.step:

@@ -26,6 +26,9 @@ def _submit_command(kind: str, summary: str, example: str):
     @click.option("--mem", help="Memory, e.g. 32G.")
     @click.option("--constraint", help="Slurm node constraint, e.g. gputc.")
     @click.option("--mail-user", help="E-mail for Slurm notifications.")
+    @click.option("--compile-partition",
+                  help="A CPU partition: transcription and compile jobs compile there, "
+                       "then train on --partition (two Slurm jobs, one hpctrain job).")
     @click.option("--dry-run", is_flag=True, help="Print the exact job script; submit nothing.")
     @preflight_option
     @json_option
@@ -40,6 +43,7 @@ def _submit_command(kind: str, summary: str, example: str):
         mem,
         constraint,
         mail_user,
+        compile_partition,
         dry_run,
         no_preflight,
         as_json,
@@ -56,6 +60,7 @@ def _submit_command(kind: str, summary: str, example: str):
             "mem": mem,
             "constraint": constraint,
             "mail_user": mail_user,
+            "compile_partition": compile_partition,
         }
         result = submit(
             workspace_of(ctx),
@@ -89,9 +94,15 @@ def _print_submission(result, kind: str, dry_run: bool, as_json: bool) -> None:
                 "job": result.job.to_json() if result.job else None,
                 "job_dir": result.job_dir,
                 "script": result.script,
+                "compile_script": result.compile_script,
                 "dry_run": dry_run,
             }
         )
+    elif dry_run and result.compile_script:
+        click.echo(f"# ==== compile.sh: stage 1 of 2 (a Slurm job of its own) ====\n"
+                   f"{result.compile_script}\n"
+                   f"# ==== job.sh: stage 2 of 2, after compile.sh succeeded ====\n"
+                   f"{result.script}", nl=False)
     elif dry_run:
         click.echo(result.script, nl=False)
     else:
@@ -101,6 +112,10 @@ def _print_submission(result, kind: str, dry_run: bool, as_json: bool) -> None:
             f"{', base ' + job.base if job.base else ''}); "
             f"follow it with 'hpctrain logs {job.id} -f'"
         )
+        if job.stages:
+            click.echo("; ".join(f"{stage.name} on {stage.partition or 'the default partition'} "
+                                 f"(Slurm job {stage.scheduler_id})" for stage in job.stages)
+                       + ", which starts once compiling succeeded")
 
 
 @main.group()

@@ -25,6 +25,7 @@ class Submission:
     job: JobRecord | None  # None for a dry run
     script: str
     job_dir: str
+    compile_script: str | None = None  # a chained job's first stage (script: its training)
 
 
 @dataclass
@@ -64,6 +65,10 @@ class JobStatus:
     metrics: dict = field(default_factory=dict)  # the latest epoch's metrics
     warnings: list = field(default_factory=list)  # damaged files of the job, one line each
     efficiency: dict | None = None  # a finished job's: Efficiency.to_json() (cluster/efficiency.py)
+    # a chained job's scheduler jobs in order, each {name, scheduler_id, state, partition}
+    # (state: the scheduler's for that job); [] for a job that is one scheduler job
+    stages: list = field(default_factory=list)
+    stage: str | None = None  # the stage a chained job is at (its state is that stage's)
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -26,6 +26,7 @@ from ..core.errors import (
 )
 from ..core.files import write_text
 from ..core.layout import (
+    COMPILE_SCRIPT,
     EVENTS,
     FETCHED,
     LAYOUT_VERSION,
@@ -56,8 +57,8 @@ from .api import (
     Usage,
     inside_job,
 )
-from .registry import JobRecord, JobState, Registry
-from .scheduler import Live, scheduler_for, waiting
+from .registry import JobRecord, JobState, Registry, Stage
+from .scheduler import Live, Scheduler, scheduler_for, waiting
 
 
 LOG_CHUNK = 1 << 20  # what one read_log call returns at most
@@ -165,18 +166,24 @@ class ClusterSide:
             "hpctrain": __version__,
         }
 
+        # Compiling needs no GPU: on Slurm, with a compile partition, it runs there (chained
+        # before the training when the kind trains).
+        compile_apart = self.executor == "slurm" and bool(request.resources.compile_partition)
+
         def render_files(job_id: int) -> tuple[str, dict]:
             job_dir = str(self.root / self.job_dir_name(request.project, job_id, request.kind))
             compiled_dir = str(
                 self.root / compiled_dir_name(self.tree.compiled, request.project, job_id)
             )
             return build.kraken_script(
-                request, dialect, split, job_id, job_dir, compiled_dir, self.template_dirs
+                request, dialect, split, job_id, job_dir, compiled_dir, self.template_dirs,
+                compile_apart,
             )
 
         # the runner's log parser: the total of ketos' epoch lines that show none (4.3 never does)
         settings = {"epochs": kraken.epoch_bound(request)}
-        return self._submit(request, params, render_files, dry_run, settings)
+        stages = build.chain_stages(request) if build.chained(request, self.executor) else ()
+        return self._submit(request, params, render_files, dry_run, settings, stages)
 
     def submit_torchrun(self, request: TorchrunRequest, dry_run: bool = False) -> Submission:
         """Render and submit a torchrun DDP job (see jobs/torchrun.py)."""
@@ -226,15 +233,18 @@ class ClusterSide:
         return str(path if path.is_absolute() else self.root / record.job_dir / path)
 
     def _submit(self, request, params: dict, render_files, dry_run: bool,
-                settings: dict | None = None) -> Submission:
-        """Register the job, write its folder (script, files, job.json), hand it to the scheduler.
+                settings: dict | None = None, stages: tuple = ()) -> Submission:
+        """Register the job, write its folder (script, files, job.json), hand it to the scheduler
+        (with `stages`, (name, Resources) pairs, one scheduler job per stage, each after the
+        one before).
 
-        On any failure the registry entry and the folder are removed again: nothing
-        half-submitted stays. A full disk or quota is a DiskFullError."""
+        On any failure the registry entry and the folder are removed again, and stages already
+        queued are cancelled: nothing half-submitted stays. A full disk or quota is a
+        DiskFullError."""
         writing = [f"the job registry ({STATE_FOLDER}/jobs)"]  # what is being written
         try:
             return self._register_and_queue(request, params, render_files, dry_run, writing,
-                                            settings or {})
+                                            settings or {}, stages)
         except (OSError, SchedulerError) as e:  # the scheduler wraps what submitit raised
             reason = full_disk(e)
             if reason:
@@ -242,13 +252,15 @@ class ClusterSide:
             raise
 
     def _register_and_queue(self, request, params: dict, render_files, dry_run: bool,
-                            writing: list[str], extra_settings: dict) -> Submission:
+                            writing: list[str], extra_settings: dict,
+                            stages: tuple) -> Submission:
         kind, project, base = request.kind, request.project, getattr(request, "base", None)
         with self.registry() as registry:
             if dry_run:
                 job_id = registry.next_id()
-                script, _files = render_files(job_id)
-                return Submission(None, script, self.job_dir_name(project, job_id, kind))
+                script, files = render_files(job_id)
+                return Submission(None, script, self.job_dir_name(project, job_id, kind),
+                                  files.get(COMPILE_SCRIPT))
             record = registry.add(
                 kind, project, base, lambda i: self.job_dir_name(project, i, kind), params
             )
@@ -266,14 +278,20 @@ class ClusterSide:
                     job_dir, script, {**files, SETTINGS: json.dumps(job_settings, indent=1)}
                 )
                 scheduler = scheduler_for(self.executor, self.root)
-                scheduler_id = scheduler.submit(job_dir, request.resources.time)
+                if stages:
+                    queued = _queue_stages(scheduler, job_dir, stages)
+                    scheduler_id = queued[-1].scheduler_id
+                else:
+                    queued, scheduler_id = None, scheduler.submit(job_dir, request.resources.time)
             except BaseException:
                 # The folder first: on a full disk, that frees the space the registry needs.
                 shutil.rmtree(self.root / record.job_dir, ignore_errors=True)
                 registry.delete(record.id)
                 raise
-            registry.update(record.id, state=JobState.PENDING, scheduler_id=scheduler_id)
-            return Submission(registry.get(record.id), script, record.job_dir)
+            registry.update(record.id, state=JobState.PENDING, scheduler_id=scheduler_id,
+                            stages=queued)
+            return Submission(registry.get(record.id), script, record.job_dir,
+                              files.get(COMPILE_SCRIPT))
 
     @staticmethod
     def _write_job(job_dir: Path, script: str, files: dict) -> None:
@@ -292,26 +310,30 @@ class ClusterSide:
             else:
                 records = registry.all(project, unreadable)
             report = StatusReport([], [f"{w}; the other jobs are shown" for w in unreadable])
-            live = [r for r in records if not r.state.final and r.scheduler_id]
+            # one query for every job, every stage of a chained job included
+            asked = list(dict.fromkeys(sid for record in records for sid in _to_ask(record)))
             live_states = (
-                scheduler_for(self.executor, self.root).states([r.scheduler_id for r in live])
-                if live
-                else {}
+                scheduler_for(self.executor, self.root).states(asked) if asked else {}
             )
             for record in records:
                 progress, damage, warnings = self._read_job(record)
-                live = live_states.get(record.scheduler_id)
-                state = _state(record, progress, live.state if live else None)
-                if state != record.state:
-                    if state.final:
-                        self._record_silent_end(record, state, progress, live)
+                if record.stages:
+                    state, stage_at, live, stages = self._chain_state(
+                        record, progress, live_states, warnings)
+                else:
+                    stage_at, stages = None, record.stages
+                    live = live_states.get(record.scheduler_id)
+                    state = _state(record, progress, live.state if live else None)
+                if state != record.state or stages != record.stages:
+                    if state != record.state and state.final:
+                        self._record_silent_end(record, state, progress, live, stage_at)
                     try:
-                        registry.update(record.id, state=state)
+                        registry.update(record.id, state=state, stages=stages)
                     except DiskFullError:  # a cache of what the events say: next time
                         pass
                 if state == JobState.FAILED and not progress.error:
                     progress.error = self._why_it_ended(record)
-                row = _row(record, state, progress, live)
+                row = _row(record, state, progress, live, stages, stage_at)
                 damaged = damage.warning(f"{record.job_dir}/{EVENTS}", state.final)
                 row.warnings = ([damaged] if damaged else []) + warnings
                 report.rows.append(row)
@@ -331,22 +353,71 @@ class ClusterSide:
             if row.id in found:
                 row.efficiency = found[row.id].to_json()
 
+    def _chain_state(
+        self, record: JobRecord, progress: events.Progress, live_states: dict[str, Live | None],
+        warnings: list[str],
+    ) -> tuple[JobState, Stage, Live | None, tuple[Stage, ...]]:
+        """A chained job's state (that of the stage it is at: compiling, then training), that
+        stage and its live state, and the stages' states brought up to date.
+
+        When the job ended other than COMPLETED, a later stage still queued is cancelled: Slurm
+        does it itself (--kill-on-invalid-dep), this is for sites that ignore it. Why is
+        recorded in the job's events; a cancel that fails is a warning, tried again next time."""
+        lives = [None if s.settled else live_states.get(s.scheduler_id) for s in record.stages]
+        nows = [s.state if s.settled else (live.state if live else None)
+                for s, live in zip(record.stages, lives)]
+        at = _stage_at(record.stages, nows, progress)
+        state = _state(record, progress, nows[at])
+        stages = [_stage_now(s, live, state.final) for s, live in zip(record.stages, lives)]
+        if state.final and state != JobState.COMPLETED:
+            for later in range(at + 1, len(stages)):
+                stages[later] = self._cancel_left_over(record, stages[later], stages[at], state,
+                                                       warnings)
+        return state, stages[at], lives[at], tuple(stages)
+
+    def _cancel_left_over(self, record: JobRecord, stage: Stage, failed: Stage, state: JobState,
+                          warnings: list[str]) -> Stage:
+        if stage.settled:
+            return stage
+        try:
+            scheduler_for(self.executor, self.root).cancel(stage.scheduler_id,
+                                                           self.root / record.job_dir)
+        except SchedulerError as e:
+            warnings.append(f"its {stage.name} stage ({self.executor} job {stage.scheduler_id}) "
+                            f"is still queued and could not be cancelled ({e}): cancel it with "
+                            f"'scancel {stage.scheduler_id}'")
+            return stage
+        why = (f"its {failed.name} stage ({failed.scheduler_id}) ended {state.value} and the "
+               "scheduler had not cancelled this one")
+        self._append_event(record, {"event": "stage_cancelled", "stage": stage.name,
+                                    "scheduler_id": stage.scheduler_id, "reason": why})
+        return replace(stage, state=JobState.CANCELLED)
+
+    def _append_event(self, record: JobRecord, event: dict) -> None:
+        try:
+            with open(self.root / record.job_dir / EVENTS, "a", encoding="utf-8") as sink:
+                events.append(sink, event)
+        except OSError:
+            pass  # the row still says it; only the record of it is lost
+
     def _record_silent_end(self, record: JobRecord, state: JobState,
-                           progress: events.Progress, live: Live | None) -> None:
+                           progress: events.Progress, live: Live | None,
+                           stage: Stage | None = None) -> None:
         """A job that ended without its runner saying so (killed, node failure, out of memory):
-        append the end, with the scheduler's word for it, to the job's events, once."""
+        append the end, with the scheduler's word for it, to the job's events, once. `stage`:
+        the stage of a chained job it ended in."""
         if progress.ended is not None or not progress.started or state == JobState.CANCELLED:
             return
         said = live.said if live else None
+        fixes = {**SILENT_ENDS, **COMPILE_FIXES} if stage and stage.name == "compile" else (
+            SILENT_ENDS)
         error = self._why_it_ended(record) or (
-            f"Slurm says {said}: {SILENT_ENDS[said]}" if said in SILENT_ENDS else
+            f"Slurm says {said}: {fixes[said]}" if said in fixes else
             "the job's runner stopped without reporting an end (killed, or its node failed)")
+        if stage is not None:
+            error = f"its {stage.name} stage ({self.executor} job {stage.scheduler_id}): {error}"
         end = {"event": "end", "exit_code": None, "error": error, "scheduler_state": said}
-        try:
-            with open(self.root / record.job_dir / EVENTS, "a", encoding="utf-8") as sink:
-                events.append(sink, end)
-        except OSError:
-            pass  # the row still says it; only the record of it is lost
+        self._append_event(record, {**end, "stage": stage.name} if stage else end)
         progress.error, progress.ended = error, time.time()
 
     def _read_job(self, record: JobRecord) -> tuple[events.Progress, events.Damage, list[str]]:
@@ -438,9 +509,26 @@ class ClusterSide:
                     f"job {record.id} is already {record.state.value}; nothing to cancel"
                 )
             scheduler = scheduler_for(self.executor, self.root)
-            scheduler.cancel(record.scheduler_id or "", self.root / record.job_dir)
-            registry.update(record.id, state=JobState.CANCELLED)
+            if record.stages:
+                stages = self._cancel_stages(scheduler, record)
+                registry.update(record.id, state=JobState.CANCELLED, stages=stages)
+            else:
+                scheduler.cancel(record.scheduler_id or "", self.root / record.job_dir)
+                registry.update(record.id, state=JobState.CANCELLED)
         return self.job(record.id)
+
+    def _cancel_stages(self, scheduler: Scheduler, record: JobRecord) -> tuple[Stage, ...]:
+        """Cancel every stage the scheduler still holds, the last first (so that none starts
+        because the one before it ended meanwhile); those that ended are left as they are."""
+        asked = [s.scheduler_id for s in record.stages if not s.settled]
+        live = scheduler.states(asked) if asked else {}
+        stages = list(record.stages)
+        for i in reversed(range(len(stages))):
+            now = live.get(stages[i].scheduler_id)
+            if now is not None and not now.state.final:
+                scheduler.cancel(stages[i].scheduler_id, self.root / record.job_dir)
+                stages[i] = replace(stages[i], state=JobState.CANCELLED)
+        return tuple(stages)
 
     # -- fetching -------------------------------------------------------------------------
     def fetch_plan(self, target: str) -> FetchPlan:
@@ -522,6 +610,36 @@ class ClusterSide:
         return removed
 
 
+def _queue_stages(scheduler: Scheduler, job_dir: Path, stages: tuple) -> tuple[Stage, ...]:
+    """Queue each stage after the one before; if one is refused, cancel those queued (best
+    effort: the job's folder goes, so a stage left would fail at once)."""
+    queued: list[Stage] = []
+    try:
+        for name, resources in stages:
+            after = queued[-1].scheduler_id if queued else None
+            scheduler_id = scheduler.submit(job_dir, resources.time, stage=name, after=after)
+            queued.append(Stage(name, scheduler_id, JobState.PENDING, resources.partition))
+    except SchedulerError as e:
+        if not queued:
+            raise
+        _cancel_quietly(scheduler, job_dir, queued)
+        done = ", ".join(f"{s.name} {s.scheduler_id}" for s in queued)
+        raise SchedulerError(f"{e} (its {stages[len(queued)][0]} stage; the stages queued "
+                             f"before it were cancelled: {done})") from e
+    except BaseException:
+        _cancel_quietly(scheduler, job_dir, queued)
+        raise
+    return tuple(queued)
+
+
+def _cancel_quietly(scheduler: Scheduler, job_dir: Path, queued: list[Stage]) -> None:
+    for stage in reversed(queued):
+        try:
+            scheduler.cancel(stage.scheduler_id, job_dir)
+        except SchedulerError:
+            pass
+
+
 def _tail(path: Path, size: int = 8192) -> str:
     """The last `size` bytes of a file as text ('' if it cannot be read)."""
     try:
@@ -549,6 +667,34 @@ def _state(
     return JobState.FAILED  # the process is gone and never reported an end
 
 
+def _to_ask(record: JobRecord) -> list[str]:
+    """The scheduler ids `status` asks about for a job: a live job's; for a chained job, each
+    stage the scheduler may still hold (even once the job ended: a stage left queued)."""
+    if record.stages:
+        return [stage.scheduler_id for stage in record.stages if not stage.settled]
+    return [record.scheduler_id] if not record.state.final and record.scheduler_id else []
+
+
+def _stage_at(stages: tuple[Stage, ...], nows: list[JobState | None],
+              progress: events.Progress) -> int:
+    """The index of the stage a chained job is at: the first that has not succeeded (its
+    runner's `stage_end`, or the scheduler's COMPLETED); the last once the others have."""
+    for i, (stage, now) in enumerate(zip(stages[:-1], nows)):
+        if stage.name not in progress.stages_done and now != JobState.COMPLETED:
+            return i
+    return len(stages) - 1
+
+
+def _stage_now(stage: Stage, live: Live | None, job_ended: bool) -> Stage:
+    """A stage with the scheduler's latest word for it; UNKNOWN (asked no more) once the
+    scheduler has forgotten it and the job has ended."""
+    if stage.settled:
+        return stage
+    if live is not None and live.state != JobState.UNKNOWN:
+        return replace(stage, state=live.state)
+    return replace(stage, state=JobState.UNKNOWN) if live is None and job_ended else stage
+
+
 # Why a job ended although its runner never said so, by the scheduler's word for it.
 SILENT_ENDS = {
     "NODE_FAIL": "the node the job ran on failed; submit it again (it was not requeued)",
@@ -556,6 +702,13 @@ SILENT_ENDS = {
     "BOOT_FAIL": "its node failed to start",
     "TIMEOUT": "it reached its time limit; ask for more with --time",
     "FAILED": "the job's runner was killed before it could report why",
+}
+# The same for a compile stage, whose resources are the compile_* ones.
+COMPILE_FIXES = {
+    "OUT_OF_MEMORY": "it ran out of memory; ask for more with compile_mem in the project's "
+                     "resources",
+    "TIMEOUT": "it reached its time limit; ask for more with compile_time in the project's "
+               "resources (1 hour by default)",
 }
 
 
@@ -566,7 +719,8 @@ PROGRESS_FIELDS = ("step", "epoch", "total_epochs", "best_metric", "best_value",
 
 
 def _row(record: JobRecord, state: JobState, progress: events.Progress,
-         live: Live | None = None) -> JobStatus:
+         live: Live | None = None, stages: tuple[Stage, ...] = (),
+         stage_at: Stage | None = None) -> JobStatus:
     elapsed = None
     if progress.started:
         elapsed = (progress.ended or time.time()) - progress.started
@@ -575,7 +729,8 @@ def _row(record: JobRecord, state: JobState, progress: events.Progress,
         id=record.id, kind=record.kind, project=record.project, base=record.base,
         state=state.value, scheduler_id=record.scheduler_id, job_dir=record.job_dir,
         elapsed=elapsed, best_model=best_model, alerts=list(progress.alerts.values()),
-        restarts=max(0, progress.starts - 1),
+        restarts=max(0, progress.starts - 1), stages=[stage.to_json() for stage in stages],
+        stage=stage_at.name if stage_at else None,
         **{name: getattr(progress, name) for name in PROGRESS_FIELDS},
         **_why_waiting(state, live))
 

@@ -29,9 +29,13 @@ share, so it relies only on what those do atomically on the server, and on nothi
   left out of `all()` with a warning returned as data; `get()` of it is a one-line error.
 
 Each record carries its format (`FORMAT`); a record of a newer format is refused rather than
-misread. The SQLite registry (schema versions 0-2, `PRAGMA user_version`) is the format before:
-the first registry opened where it is imports every row, once, however many processes race
-(see `_import_sqlite`).
+misread. `stages` is optional in format 1 (added with chained jobs): a record without it, as
+every earlier hpctrain wrote, is a job of one scheduler job; it is written only when a job has
+stages, so that single jobs' records stay as they were.
+
+The SQLite registry (schema versions 0-2, `PRAGMA user_version`) is the format before: the
+first registry opened where it is imports every row, once, however many processes race (see
+`_import_sqlite`).
 """
 
 from __future__ import annotations
@@ -79,6 +83,31 @@ class JobState(str, Enum):
 
 
 @dataclass(frozen=True)
+class Stage:
+    """One scheduler job of a chained job (layout.STAGES): its id, and its state as the
+    scheduler last said (`status` keeps it up to date until it is final)."""
+
+    name: str
+    scheduler_id: str
+    state: JobState = JobState.PENDING
+    partition: str | None = None
+
+    @property
+    def settled(self) -> bool:
+        """Nothing more to ask the scheduler: it ended, or the scheduler forgot it."""
+        return self.state.final or self.state == JobState.UNKNOWN
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "scheduler_id": self.scheduler_id, "state": self.state.value,
+                "partition": self.partition}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Stage":
+        return cls(str(data["name"]), str(data["scheduler_id"]), JobState(data["state"]),
+                   None if data.get("partition") is None else str(data["partition"]))
+
+
+@dataclass(frozen=True)
 class JobRecord:
     id: int
     kind: str
@@ -86,12 +115,13 @@ class JobRecord:
     base: str | None
     state: JobState
     job_dir: str  # relative to the cluster root
-    scheduler_id: str | None = None
+    scheduler_id: str | None = None  # a chained job's: its last stage's
     submitted: float = 0.0
     params: dict = field(default_factory=dict)
+    stages: tuple[Stage, ...] = ()  # a chained job's scheduler jobs, in order; () for one job
 
     def to_json(self) -> dict:
-        return {
+        data = {
             "id": self.id,
             "kind": self.kind,
             "project": self.project,
@@ -102,6 +132,15 @@ class JobRecord:
             "submitted": self.submitted,
             "params": self.params,
         }
+        if self.stages:
+            data["stages"] = [stage.to_json() for stage in self.stages]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "JobRecord":
+        """A record as `to_json` gives it (across the SSH boundary)."""
+        return cls(**{**data, "state": JobState(data["state"]),
+                      "stages": tuple(Stage.from_json(s) for s in data.get("stages") or ())})
 
 
 class Damaged(Exception):
@@ -162,6 +201,7 @@ def parse_record(data: bytes, job_id: int, shown: str) -> JobRecord:
         state = JobState(item["state"])
     except ValueError:
         raise Damaged(f"unknown state {item['state'][:40]!r}") from None
+    stages = _stages(item.get("stages", []))
     return JobRecord(
         id=job_id,
         kind=item["kind"],
@@ -172,7 +212,18 @@ def parse_record(data: bytes, job_id: int, shown: str) -> JobRecord:
         scheduler_id=item["scheduler_id"],
         submitted=float(item["submitted"]),
         params=item["params"],
+        stages=stages,
     )
+
+
+def _stages(value) -> tuple[Stage, ...]:
+    """A record's optional `stages`; Damaged if present and not a list of stages."""
+    if not isinstance(value, list):
+        raise Damaged("'stages' is not a list")
+    try:
+        return tuple(Stage.from_json(s) for s in value)
+    except (TypeError, KeyError, ValueError, AttributeError):
+        raise Damaged("'stages' holds something that is not a stage") from None
 
 
 class Registry:
@@ -321,10 +372,12 @@ class Registry:
         return self.get(job_id)
 
     def update(
-        self, job_id: int, *, state: JobState | None = None, scheduler_id: str | None = None
+        self, job_id: int, *, state: JobState | None = None, scheduler_id: str | None = None,
+        stages: tuple[Stage, ...] | None = None,
     ) -> None:
-        """Change a job's state and/or scheduler id. A final state stays; a job deleted (or
-        unknown) stays so."""
+        """Change a job's state, scheduler id and/or stages. A final state stays (a stage's may
+        still change: a stage left queued after its job failed); a job deleted (or unknown)
+        stays so."""
         try:
             record = self._read(job_id)
         except Damaged as e:
@@ -336,6 +389,8 @@ class Registry:
             changes["state"] = state
         if scheduler_id is not None and scheduler_id != record.scheduler_id:
             changes["scheduler_id"] = scheduler_id
+        if stages is not None and tuple(stages) != record.stages:
+            changes["stages"] = tuple(stages)
         if not changes:
             return
         self._write(replace(record, **changes))

@@ -3,6 +3,8 @@
 A scheduler submits the job runner for a job folder, reports live states, cancels, and says what
 jobs used (`accounting`: Slurm's, read from sacct; the embedded default has none):
 `LocalScheduler` (submitit's local executor, the embedded default) and `SlurmScheduler`.
+A chained job is one submit per stage, each but the first after the one before (Slurm
+only).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Protocol
 
 from ..core.config import STATE_FOLDER
 from ..core.errors import ConfigError, SchedulerError
-from ..core.layout import EVENTS, SCRIPT, SUBMITIT_DIR
+from ..core.layout import EVENTS, SCRIPT, STAGE_SCRIPTS, SUBMITIT_DIR
 from ..jobs.requests import slurm_time
 from .registry import JobState
 
@@ -54,8 +56,12 @@ class Scheduler(Protocol):
 
     name: str
 
-    def submit(self, job_dir: Path, time_limit: str) -> str:
-        """Queue the runner of a prepared job folder; return the scheduler's job id."""
+    def submit(self, job_dir: Path, time_limit: str, stage: str | None = None,
+               after: str | None = None) -> str:
+        """Queue the runner of a prepared job folder; return the scheduler's job id. `stage`
+        runs one stage of a chained job (its script, layout.STAGE_SCRIPTS); `after` is the
+        scheduler id of the stage before, which must succeed first (else this one is
+        cancelled)."""
         ...
 
     def states(self, scheduler_ids: list[str]) -> dict[str, Live | None]:
@@ -120,11 +126,15 @@ class LocalScheduler:
     def __init__(self, root: Path):
         self.queue_lock = Path(root) / STATE_FOLDER / "local-queue.lock"
 
-    def submit(self, job_dir: Path, time_limit: str) -> str:
+    def submit(self, job_dir: Path, time_limit: str, stage: str | None = None,
+               after: str | None = None) -> str:
         import submitit
 
         from ..runtime.runner import JobRunner
 
+        if stage is not None or after is not None:
+            raise SchedulerError("the local executor runs a job whole: it has no stages; "
+                                 "chained jobs need 'executor: slurm'")
         executor = submitit.LocalExecutor(folder=job_dir / SUBMITIT_DIR)
         executor.update_parameters(timeout_min=max(1, int(time_to_minutes(time_limit))))
         try:
@@ -404,6 +414,23 @@ def _directive_key(line: str) -> str:
     return line.split()[1].split("=")[0]
 
 
+_SLURM_ID = re.compile(r"[0-9]+(_[0-9]+)?")
+
+
+def stage_directives(script: str, after: str | None) -> list[str]:
+    """The #SBATCH lines a stage is submitted with: its script's, and with `after` (the stage
+    before) a dependency on its success and Slurm's own cancel if it fails: whatever a template
+    override left out, a training never starts before compiling succeeded nor waits forever."""
+    ours = directives(script)
+    if after is None:
+        return ours
+    if not _SLURM_ID.fullmatch(after):
+        raise SchedulerError(f"cannot chain after {after!r}: not a Slurm job id")
+    chain = [f"#SBATCH --dependency=afterok:{after}", "#SBATCH --kill-on-invalid-dep=yes"]
+    keys = {_directive_key(line) for line in chain}
+    return [line for line in ours if _directive_key(line) not in keys] + chain
+
+
 def signal_delay(minutes: float) -> int:
     """Seconds between the requeue signal and the time limit: 2 minutes, less for short jobs."""
     return int(min(120, max(30, minutes * 60 / 4)))
@@ -418,7 +445,8 @@ class SlurmScheduler:
     def __init__(self, root: Path):
         self.root = root
 
-    def submit(self, job_dir: Path, time_limit: str) -> str:
+    def submit(self, job_dir: Path, time_limit: str, stage: str | None = None,
+               after: str | None = None) -> str:
         import submitit
 
         import shutil
@@ -427,7 +455,8 @@ class SlurmScheduler:
 
         if not shutil.which("sbatch") or not shutil.which("srun"):
             raise SchedulerError(f"sbatch {NO_SLURM}")
-        ours = directives((job_dir / SCRIPT).read_text())
+        script = STAGE_SCRIPTS[stage] if stage else SCRIPT
+        ours = stage_directives((job_dir / script).read_text(), after)
 
         class Executor(submitit.SlurmExecutor):
             def _make_submission_file_text(self, command: str, uid: str) -> str:
@@ -454,7 +483,7 @@ class SlurmScheduler:
             srun_args=["--nodes=1", "--ntasks=1"],
         )
         try:
-            job = executor.submit(JobRunner(str(job_dir)))
+            job = executor.submit(JobRunner(str(job_dir), stage=stage))
         except FileNotFoundError:
             raise SchedulerError(f"sbatch {NO_SLURM}") from None
         except Exception as e:  # submitit wraps sbatch's refusal in a bare exception

@@ -57,6 +57,9 @@ class Profile:
     partition: str | None = (
         None  # default Slurm partition when neither the flag nor the project names one
     )
+    # a CPU partition where transcriptions compile before training (Slurm only); the flag
+    # and the project's `resources: compile_partition` win
+    compile_partition: str | None = None
     # backend "ssh": the login node. Unset values come from ~/.ssh/config for `host`.
     host: str | None = None  # a host name or a ~/.ssh/config alias
     user: str | None = None
@@ -102,6 +105,7 @@ ENV_KEYS = (
     "identity_file",
     "known_hosts",
     "partition",
+    "compile_partition",
     "transfer",
 )
 

@@ -2,6 +2,8 @@
 
     Repertoire_model_finetune/PROJECT/jobN-KIND/
         job.sh          the rendered script          job.json    settings the runner reads
+        compile.sh      a chained job's first stage (compiling on a CPU partition); job.sh is
+                        then its second stage (training and test)
         job.log         raw output                   events.jsonl  structured events
         efficiency.json what a finished job used (cluster/efficiency.py)
         split/          train.txt validation.txt test.txt (+ validation_arrow.txt)
@@ -21,6 +23,10 @@ from __future__ import annotations
 LAYOUT_VERSION = 1
 
 SCRIPT = "job.sh"
+COMPILE_SCRIPT = "compile.sh"
+# A chained job's stages, in order, and the script each runs; one Slurm job each.
+STAGE_SCRIPTS = {"compile": COMPILE_SCRIPT, "train": SCRIPT}
+STAGES = tuple(STAGE_SCRIPTS)
 LOG = "job.log"
 EVENTS = "events.jsonl"
 SETTINGS = "job.json"
@@ -55,6 +61,6 @@ def compiled_dir_name(compiled: str, project: str, job_id: int) -> str:
 
 
 # What `fetch` brings back besides the best model, relative to the job folder.
-FETCHED = (EVENTS, LOG, SCRIPT, *(split_file(p) for p in SPLIT_PARTS))
+FETCHED = (EVENTS, LOG, SCRIPT, COMPILE_SCRIPT, *(split_file(p) for p in SPLIT_PARTS))
 # What `clean` may delete in a job folder (never models): the raw log and submitit's output.
 CLEANABLE_GLOBS = (LOG, f"{SUBMITIT_DIR}/*.out", f"{SUBMITIT_DIR}/*.err")

@@ -68,6 +68,15 @@ class Resources:
     constraint: str | None = None
     mail_user: str | None = None
     mail_type: str | None = None
+    # A CPU partition: a transcription compiles there in a Slurm job of its own, and trains
+    # once it succeeded (build.compile_resources says what that job asks for).
+    compile_partition: str | None = None
+    compile_cpus: int | None = None  # None: `cpus`
+    compile_mem: str | None = None  # None: `mem`
+    compile_time: str | None = None  # None: COMPILE_TIME
+
+
+COMPILE_TIME = "01:00:00"  # the compile job's time limit unless compile_time says otherwise
 
 
 @dataclass(frozen=True)
@@ -181,17 +190,26 @@ def validate_resources(res: Resources, where: str) -> Resources:
             f"seconds under 60, hours under 24 after days, more than 0 and under {MAX_DAYS} "
             "days (e.g. 05:00:00, 90, 1-12:00:00)"
         )
-    mem = _MEM.fullmatch(str(res.mem)) if res.mem is not None else None
-    if res.mem is not None and (not mem or int(mem.group(1)) == 0):
+    if res.compile_time is not None and slurm_time(str(res.compile_time)) is None:
         raise ConfigError(
-            f"{where}: mem {res.mem!r} is not a Slurm size: a whole number above 0 with an "
-            "optional K, M, G or T suffix (e.g. 32G, 500M; megabytes without one)"
+            f"{where}: compile_time {res.compile_time!r} is not a Slurm time: use {TIME_FORMATS} "
+            "(e.g. 01:00:00, 30)"
         )
-    for name in ("nodes", "gpus", "cpus"):
+    for name in ("mem", "compile_mem"):
+        value = getattr(res, name)
+        mem = _MEM.fullmatch(str(value)) if value is not None else None
+        if value is not None and (not mem or int(mem.group(1)) == 0):
+            raise ConfigError(
+                f"{where}: {name} {value!r} is not a Slurm size: a whole number above 0 with an "
+                "optional K, M, G or T suffix (e.g. 32G, 500M; megabytes without one)"
+            )
+    for name in ("nodes", "gpus", "cpus", "compile_cpus"):
         value, least = getattr(res, name), 0 if name == "gpus" else 1
+        if value is None and name == "compile_cpus":
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise ConfigError(f"{where}: {name} must be a whole number ≥ {least}")
-    for name in ("partition", "constraint", "mail_type"):
+    for name in ("partition", "constraint", "mail_type", "compile_partition"):
         value = getattr(res, name)
         if value is not None and not _SLURM_WORD.fullmatch(str(value)):
             raise ConfigError(f"{where}: {name} {value!r} has characters Slurm does not accept")

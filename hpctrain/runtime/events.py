@@ -10,6 +10,11 @@ where nvidia-smi has no figure), `gpu_unavailable` (why GPU sampling stopped or 
 `rusage` (at the end of each run: the job's processes' `cpu_seconds`, user + system, their
 `max_rss` in bytes, and the run's `wall_seconds`). `usage()` folds them.
 
+A chained job (a compile stage, then a training stage: two Slurm jobs, one folder) writes one
+file: each `start` names its `stage`; a stage that succeeds and is not the last writes
+`stage_end` (not `end`, which is the job's); `stage_cancelled` records a later stage cancelled
+by `status` because an earlier one failed. Format 2 added these; format 1 files have none.
+
 A damaged file never stops a reader: a line that is not UTF-8, not a JSON object, or longer
 than MAX_LINE (read in bounded pieces, never whole) is skipped and noted in a `Damage`, and an
 unreadable file reads as no events; the caller turns the `Damage` into one warning line.
@@ -23,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator
 
-EVENTS_VERSION = 1
+EVENTS_VERSION = 2
 
 
 def append(handle: IO[str], event: dict) -> None:
@@ -153,7 +158,11 @@ class Progress:
     alerts: dict = field(default_factory=dict)  # open alerts: rule -> message
     checkpoint: str | None = None
     checkpoint_epoch: int | None = None
-    starts: int = 0  # more than one: the job was requeued and restarted
+    # more than one: the job was requeued and restarted (a later stage's first start is no
+    # restart)
+    starts: int = 0
+    stage: str | None = None  # the stage of a chained job that started last
+    stages_done: list = field(default_factory=list)  # stages that succeeded (`stage_end`)
     epoch_seconds: float | None = None  # mean time an epoch takes in this run, for the ETA
     _clock: tuple | None = field(default=None, repr=False)  # (time, epoch) the mean counts from
     _step_at: float | None = field(default=None, repr=False)
@@ -169,17 +178,26 @@ class Progress:
             self.epoch_seconds = round((at - since) / (epoch - first), 3)
 
 
+def _start(progress: Progress, event: dict) -> None:
+    stage = event.get("stage")
+    first_of_its_stage = progress.starts and stage != progress.stage
+    progress.state, progress.started, progress.stage = "RUNNING", event.get("t"), stage
+    progress.ended = progress.exit_code = progress.error = None
+    progress.stopped = progress.stopped_epoch = None
+    progress.early_stopped = False
+    progress.starts += 0 if first_of_its_stage else 1
+    progress._clock = progress._step_at = None
+
+
 def summarize(events: Iterator[dict]) -> Progress:
     progress = Progress()
     for event in events:
         kind = event.get("event")
         if kind == "start":
-            progress.state, progress.started = "RUNNING", event.get("t")
-            progress.ended = progress.exit_code = progress.error = None
-            progress.stopped = progress.stopped_epoch = None
-            progress.early_stopped = False
-            progress.starts += 1
-            progress._clock = progress._step_at = None
+            _start(progress, event)
+        elif kind == "stage_end":
+            progress.stages_done.append(event.get("stage"))
+            progress.state = progress.step = None  # between stages: the next one has not started
         elif kind == "step":
             progress.step, progress._step_at = event.get("step"), event.get("t")
             progress._clock = None

@@ -6,6 +6,9 @@ metrics, best model so far, early stop, test accuracy, and the error line when a
 While the job runs, a thread samples its GPUs (runtime/gpu.py); at its end, the runner records
 what the job's processes used (`rusage`: CPU time and peak memory), for the efficiency report.
 
+A stage of a chained job runs that stage's script (layout.STAGE_SCRIPTS) in the same folder,
+log and events; a stage before the last ends with `stage_end` when it succeeds.
+
 When the disk or quota fills up while the job runs, a line that cannot be written is undone
 (the file is cut back to its last whole line) and counted; the job's output is still read and
 parsed. The runner holds a small reserve file in the job folder, given back once the job's
@@ -24,7 +27,7 @@ from collections import deque
 from pathlib import Path
 
 from ..core.errors import HpctrainError, full_disk
-from ..core.layout import EVENTS, LOG, MODEL_DIR, RESERVE, SCRIPT, SETTINGS
+from ..core.layout import EVENTS, LOG, MODEL_DIR, RESERVE, SCRIPT, SETTINGS, STAGE_SCRIPTS, STAGES
 from . import events, gpu
 from .logparse import LogParser
 
@@ -201,12 +204,27 @@ def _rusage_event(before: tuple[float, int], wall_seconds: float) -> dict:
 
 
 class JobRunner:
-    """Callable payload; picklable (it holds only the job folder's path)."""
+    """Callable payload; picklable (it holds only the job folder's path and names).
 
-    def __init__(self, job_dir: str, queue_lock: str | None = None):
+    `stage` (one of layout.STAGES) runs that stage of a chained job; None runs the whole job
+    (job.sh)."""
+
+    def __init__(self, job_dir: str, queue_lock: str | None = None, stage: str | None = None):
+        if stage is not None and stage not in STAGE_SCRIPTS:
+            raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
         self.job_dir = job_dir
         self.queue_lock = queue_lock
+        self.stage = stage
         self._process: subprocess.Popen | None = None
+
+    @property
+    def script(self) -> str:
+        return STAGE_SCRIPTS[self.stage] if self.stage else SCRIPT
+
+    @property
+    def last(self) -> bool:
+        """Whether this run's success is the job's end (not a stage before the last)."""
+        return self.stage in (None, STAGES[-1])
 
     def checkpoint(self):
         """Called by submitit on Slurm's preemption or time-limit signal: requeue, same job,
@@ -222,7 +240,8 @@ class JobRunner:
         with Sink(Path(self.job_dir) / EVENTS) as sink:
             events.append(sink, {"event": "requeue", "reason": "preempted or near its time limit"})
         self._stop_job()
-        return submitit.helpers.DelayedSubmission(JobRunner(self.job_dir, self.queue_lock))
+        return submitit.helpers.DelayedSubmission(
+            JobRunner(self.job_dir, self.queue_lock, self.stage))
 
     def _stop_job(self, grace: float = 20.0) -> None:
         """SIGTERM to the job's process group, SIGKILL to what is left after `grace` seconds."""
@@ -289,17 +308,15 @@ class JobRunner:
         """Run the script, keep its log and events; (exit code, error line, best model)."""
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         with Sink(job_dir / LOG) as raw, Sink(job_dir / EVENTS) as sink:
-            events.append(
-                sink,
-                {"event": "start", "host": socket.gethostname(), "pid": os.getpid(),
-                 "format": events.EVENTS_VERSION},
-            )
+            start = {"event": "start", "host": socket.gethostname(), "pid": os.getpid(),
+                     "format": events.EVENTS_VERSION}
+            events.append(sink, {**start, "stage": self.stage} if self.stage else start)
             if settings_error:
                 events.append(sink, {"event": "end", "exit_code": 1, "error": settings_error})
                 raise JobFailed(settings_error)
             before, started = _children_usage(), time.monotonic()
             process = subprocess.Popen(
-                ["bash", str(job_dir / SCRIPT)],
+                ["bash", str(job_dir / self.script)],
                 cwd=job_dir,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -341,5 +358,9 @@ class JobRunner:
                 events.append(sink, {"event": "warning", "line": (
                     f"{LOG} lost {raw.lost} line(s): {raw.why}" if raw.lost else
                     f"the job said that the cluster's disk is full ({full})")})
-            events.append(sink, {"event": "end", "exit_code": code, "error": error})
+            if code == 0 and not self.last:  # the next stage goes on: the job has not ended
+                events.append(sink, {"event": "stage_end", "stage": self.stage, "exit_code": 0})
+            else:
+                end = {"event": "end", "exit_code": code, "error": error}
+                events.append(sink, {**end, "stage": self.stage} if self.stage else end)
         return code, error, best

@@ -1,0 +1,34 @@
+#!/bin/bash
+#SBATCH --job-name=hpctrain-Projet_A-transcription-7-compile
+#SBATCH --partition=cpu
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --cpus-per-task=8
+#SBATCH --time=01:00:00
+#SBATCH --mail-user=someone@example.org
+#SBATCH --mail-type=FAIL
+# Rendered by hpctrain 0.1.0: job 7, transcription of project Projet_A.
+# Stage 1 of 2: compile the split's pages, on a CPU partition; job.sh trains once this succeeds.
+# hpctrain's runner executes this script and turns its output into events.jsonl.
+set -euo pipefail
+
+module load kraken
+export COLUMNS=250 PYTHONUNBUFFERED=1
+# Data loader workers and threads follow the CPUs allocated to the job, not a constant.
+CPUS="${SLURM_CPUS_PER_TASK:-$(nproc)}"
+hpctrain_step() { printf '##hpctrain {"event": "step", "step": "%s"}\n' "$1"; }
+cd /home/alice/hpc/R/Projet_A/job7-transcription
+
+hpctrain_step compile
+mkdir -p /home/alice/hpc/C/job7
+# A requeued job reuses what it compiled before when every .arrow is whole: kraken's own Python
+# checks them with arrow_check.py (beside this script) and says which happened in an event.
+KETOS_PYTHON="$(dirname "$(command -v ketos || true)")/python"
+[ -x "$KETOS_PYTHON" ] || KETOS_PYTHON=python3
+if ! "${KETOS_PYTHON}" /home/alice/hpc/R/Projet_A/job7-transcription/arrow_check.py check /home/alice/hpc/C/job7 /home/alice/hpc/R/Projet_A/job7-transcription/split; then
+    ketos -d cpu --workers "${CPUS}" --threads "${CPUS}" compile -f page -o /home/alice/hpc/C/job7/train.arrow -F /home/alice/hpc/R/Projet_A/job7-transcription/split/train.txt
+    ketos -d cpu --workers "${CPUS}" --threads "${CPUS}" compile -f page -o /home/alice/hpc/C/job7/validation.arrow -F /home/alice/hpc/R/Projet_A/job7-transcription/split/validation.txt
+    ketos -d cpu --workers "${CPUS}" --threads "${CPUS}" compile -f page -o /home/alice/hpc/C/job7/test.arrow -F /home/alice/hpc/R/Projet_A/job7-transcription/split/test.txt
+    "${KETOS_PYTHON}" /home/alice/hpc/R/Projet_A/job7-transcription/arrow_check.py record /home/alice/hpc/C/job7 /home/alice/hpc/R/Projet_A/job7-transcription/split \
+        || echo "warning: could not record the compiled data; a requeue will compile again"
+fi

@@ -1,0 +1,37 @@
+#!/bin/bash
+#SBATCH --job-name=hpctrain-Projet_A-transcription-7
+#SBATCH --partition=publicgpu
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --cpus-per-task=8
+#SBATCH --time=05:00:00
+#SBATCH --gres=gpu:1
+#SBATCH --constraint=gputc
+#SBATCH --mail-user=someone@example.org
+#SBATCH --mail-type=END
+#SBATCH --kill-on-invalid-dep=yes
+# Rendered by hpctrain 0.1.0: job 7, transcription of project Projet_A.
+# Stage 2 of 2: train and test. Submitted with --dependency=afterok:<the compile job's id>
+# (compile.sh): Slurm starts it once compiling succeeded, and cancels it if compiling failed.
+# hpctrain's runner executes this script and turns its output into events.jsonl.
+set -euo pipefail
+
+module load kraken
+export COLUMNS=250 PYTHONUNBUFFERED=1
+# Data loader workers and threads follow the CPUs allocated to the job, not a constant.
+CPUS="${SLURM_CPUS_PER_TASK:-$(nproc)}"
+hpctrain_step() { printf '##hpctrain {"event": "step", "step": "%s"}\n' "$1"; }
+cd /home/alice/hpc/R/Projet_A/job7-transcription
+
+hpctrain_step train
+mkdir -p /home/alice/hpc/R/Projet_A/job7-transcription/model
+ketos train -d cuda:0 --workers "${CPUS}" -f binary -o /home/alice/hpc/R/Projet_A/job7-transcription/model/model --optimizer Adam -r 0.0001 --augment -q early --lag 10 --min-epochs 20 -N 50 -i /home/alice/hpc/Model_de_base/tridis_v2.mlmodel --resize new --pad 24 -e /home/alice/hpc/R/Projet_A/job7-transcription/split/validation_arrow.txt /home/alice/hpc/C/job7/train.arrow
+
+BEST_MODEL="$(ls -1t /home/alice/hpc/R/Projet_A/job7-transcription/model/model_best.mlmodel 2>/dev/null | head -n 1 || true)"
+if [ -z "$BEST_MODEL" ]; then
+    echo "Error: ketos train finished without writing a best model" >&2
+    exit 1
+fi
+
+hpctrain_step test
+ketos test -d cuda:0 --workers "${CPUS}" -m "${BEST_MODEL}" -f binary /home/alice/hpc/C/job7/test.arrow
