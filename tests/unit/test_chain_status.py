@@ -56,6 +56,8 @@ class FakeSlurm:
 def slurm(monkeypatch):
     fake = type("Fake", (FakeSlurm,), {"calls": [], "live": {}, "refuse": set()})
     monkeypatch.setitem(scheduler.SCHEDULERS, "slurm", fake)
+    # a fake Slurm has no partitions to check against (preflight: tests/unit/test_preflight*.py)
+    monkeypatch.setattr(ClusterSide, "_preflight", lambda self, *args, **kwargs: None)
     return fake
 
 
