@@ -174,3 +174,6 @@ class RemoteCluster:
 
     def usage(self, project: str | None = None) -> Usage:
         return Usage.from_json(self._call("usage", project=project))
+
+    def notify_test(self, setting: dict) -> dict:
+        return self._call("notify_test", setting=setting)

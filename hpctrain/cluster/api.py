@@ -173,6 +173,11 @@ class ClusterOps(Protocol):
         """What each project (or one) occupies, by kind of file, and the free space."""
         ...
 
+    def notify_test(self, setting: dict) -> dict:
+        """Send one test notification to a webhook (core/webhook.Webhook.to_json()) from the
+        cluster side: to (redacted), status, sent_from."""
+        ...
+
 
 def operations() -> tuple[str, ...]:
     """The names of the operations of ClusterOps, read from the protocol itself."""

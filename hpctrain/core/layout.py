@@ -3,6 +3,7 @@
     Repertoire_model_finetune/PROJECT/jobN-KIND/
         job.sh          the rendered script          job.json    settings the runner reads
         job.log         raw output                   events.jsonl  structured events
+        notifications.jsonl   what was sent to the job's webhook (runtime/notify.py)
         split/          train.txt validation.txt test.txt (+ validation_arrow.txt)
         arrow_check.py  checks compiled data, so that a requeued job reuses it
         model/          ketos' checkpoints and best model
@@ -22,7 +23,9 @@ LAYOUT_VERSION = 1
 SCRIPT = "job.sh"
 LOG = "job.log"
 EVENTS = "events.jsonl"
-SETTINGS = "job.json"
+SETTINGS = "job.json"  # mode 0600 when it holds a webhook URL (a secret)
+NOTIFICATIONS = "notifications.jsonl"  # the delivery record of runtime/notify.py
+NOTIFY_LOCK = ".notifications.lock"  # held while notifications are sent and recorded
 SPLIT_DIR = "split"
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..core.errors import HpctrainError, full_disk
 from ..core.layout import EVENTS, LOG, MODEL_DIR, RESERVE, SCRIPT, SETTINGS
-from . import events
+from . import events, notify
 from .logparse import LogParser
 
 
@@ -158,6 +158,14 @@ def read_settings(job_dir: Path) -> dict:
     return settings
 
 
+def _quiet_settings(job_dir: Path) -> dict:
+    """job.json's settings, or none if it cannot be read now (the job runs all the same)."""
+    try:
+        return read_settings(job_dir)
+    except ValueError:
+        return {}
+
+
 def _parser(job_dir: Path) -> LogParser:
     """A log parser with the job's chosen metric, alerts and bound on epochs (job.json, written
     at submission)."""
@@ -268,6 +276,7 @@ class JobRunner:
             if settings_error:
                 events.append(sink, {"event": "end", "exit_code": 1, "error": settings_error})
                 raise JobFailed(settings_error)
+            notifier = notify.FromNode(job_dir, _quiet_settings(job_dir))
             process = subprocess.Popen(
                 ["bash", str(job_dir / SCRIPT)],
                 cwd=job_dir,
@@ -289,6 +298,8 @@ class JobRunner:
                     if event["event"] == "model":
                         reported_model = event["path"]
                     events.append(sink, event)
+                    if event["event"] == "alert":
+                        notifier.send(sink)
             code = process.wait()
             if reserve is not None:  # room for the last events
                 reserve.unlink(missing_ok=True)
@@ -307,4 +318,5 @@ class JobRunner:
                     f"{LOG} lost {raw.lost} line(s): {raw.why}" if raw.lost else
                     f"the job said that the cluster's disk is full ({full})")})
             events.append(sink, {"event": "end", "exit_code": code, "error": error})
+            notifier.send(sink)
         return code, error, best
