@@ -398,7 +398,7 @@ class Outcome:
     sent: list = field(default_factory=list)
     left: list = field(default_factory=list)
     reason: str | None = None  # why `left` were not sent
-    retry_in: float | None = None  # seconds before the next try (after a timeout, an error)
+    retry_after: float | None = None  # seconds between tries (after a timeout, an error)
     problem: str | None = None  # the record cannot be read or written
     busy: bool = False  # another process holds the lock: it sends them
 
@@ -407,8 +407,8 @@ class Outcome:
         if self.problem:
             return f"notifications to {shown}: {self.problem}"
         if self.left:
-            when = (f"tried again in {self.retry_in:.0f} s" if self.retry_in else
-                    "the next 'hpctrain status' tries again")
+            when = (f"tried again {self.retry_after:.0f} s after the last try"
+                    if self.retry_after else "the next 'hpctrain status' tries again")
             return (f"{len(self.left)} notification(s) ({', '.join(self.left)}) not delivered "
                     f"to {shown}: {self.reason}; {when}")
         return None
@@ -420,13 +420,13 @@ def _due(job_dir: Path, job: JobNotify, record: Record) -> tuple[list[Notice], b
 
 
 def _backing_off(record: Record, now: float) -> tuple[str, float] | None:
-    """(why, seconds left) when the last try failed less than its `retry_after` ago."""
+    """(why, its retry_after) when the last try failed less than its `retry_after` ago. The
+    same words at every poll until then: `wait` prints a warning once."""
     last = record.last_try or {}
     at, wait = last.get("failed"), last.get("retry_after")
     if not isinstance(at, (int, float)) or not isinstance(wait, (int, float)):
         return None
-    age = now - at
-    return (f"{last.get('reason')} ({age:.0f} s ago)", wait - age) if age < wait else None
+    return (str(last.get("reason")), wait) if now - at < wait else None
 
 
 def deliver(job_dir: Path, job: JobNotify, final: bool = False, lock_wait: float = 0.0,
@@ -468,14 +468,14 @@ def _send(job_dir: Path, job: JobNotify, due: list[Notice], record: Record, time
     for notice in due:
         if url in failing or waiting:
             outcome.left.append(notice.key)
-            outcome.reason, outcome.retry_in = waiting or failing[url]
+            outcome.reason, outcome.retry_after = waiting or failing[url]
             continue
         try:
             status = post(*request(job, notice), timeout=timeout)
         except SendError as e:
             failing[url] = (e.reason, e.retry_after)
             outcome.left.append(notice.key)
-            outcome.reason, outcome.retry_in = e.reason, e.retry_after
+            outcome.reason, outcome.retry_after = e.reason, e.retry_after
             if e.retry_after:
                 try:
                     _append(job_dir, {"key": notice.key, "failed": round(time.time(), 3),
