@@ -17,6 +17,7 @@ from ..core.errors import ConfigError, HpctrainError, NotFoundError
 from ..core.files import write_text
 from ..core.keys import reject_unknown, section
 from ..core.names import check_name
+from ..core.webhook import Webhook, webhook_from_value
 from ..jobs.requests import (
     Resources,
     Split,
@@ -43,6 +44,8 @@ class Project:
     segmentation: TrainParams = field(default_factory=lambda: TrainParams(**SEGMENTATION_DEFAULTS))
     resources: Resources = field(default_factory=Resources)
     alerts: tuple = ()  # alerts.Alert bounds on metrics, checked every epoch
+    # the project's webhook (core/webhook.py); None: the profile's; False: none for this project
+    notify: Webhook | bool | None = None
 
     def ground_truth_path(self, workspace: Workspace) -> Path:
         path = Path(self.ground_truth).expanduser()
@@ -81,6 +84,8 @@ def project_from_mapping(name: str, data: Mapping[str, Any], where: str) -> Proj
             _section(Resources, data.get("resources"), f"{where} resources"), f"{where} resources"
         ),
         alerts=alerts_from_list(data.get("alerts"), f"{where}"),
+        notify=False if data.get("notify") is False else webhook_from_value(
+            data.get("notify"), where),
     )
 
 

@@ -12,6 +12,7 @@ from ..cluster.registry import JobRecord
 from ..core.config import Workspace, user_template_dir
 from ..core.errors import ConfigError, InvalidName, NotFoundError
 from ..core.names import check_name
+from ..core.webhook import choose
 from ..jobs.render import collect_overrides
 from ..jobs.requests import JobRequest, Resources, TorchrunRequest, override_resources
 from ..jobs.torchrun import REFERENCE_TRAINER, check_module_name
@@ -68,6 +69,7 @@ def submit(
         device=profile.device, kraken_version=profile.kraken_version, modules=profile.modules,
         venv=profile.venv, container=profile.container, templates=template_overrides(workspace),
         alerts=tuple(a.to_json() for a in project.alerts), preflight=preflight,
+        notify=_notify(project.notify, workspace),
     )
     with connect(workspace) as transport, full_disk_advice(transport, project.name):
         if request.base:
@@ -100,6 +102,12 @@ def _base_on_the_cluster(workspace: Workspace, transport, request: JobRequest,
     transport.put(found, rel)
     return request, [f"sent base model {request.base} ({found.stat().st_size:,} bytes) from "
                      "models/base/ to the cluster"]
+
+
+def _notify(project_setting, workspace: Workspace) -> dict | None:
+    """The job's webhook: the project's, else the profile's (core/webhook.py)."""
+    hook = choose(project_setting, workspace.profile.notify)
+    return hook.to_json() if hook else None
 
 
 def template_overrides(workspace: Workspace) -> dict[str, str]:
@@ -155,9 +163,9 @@ def submit_torchrun(
     target, text = _torchrun_target(script, module)
     if project:
         loaded = load_project(workspace, project)
-        base, alerts = loaded.resources, loaded.alerts
+        base, alerts, notify = loaded.resources, loaded.alerts, loaded.notify
     else:
-        project, base, alerts = _label_for(target), Resources(), ()
+        project, base, alerts, notify = _label_for(target), Resources(), (), None
     resources = _job_resources(workspace, base, resources or {})
     environment = {k: v for k, v in (environment or {}).items() if v}
     profile = workspace.profile
@@ -176,6 +184,7 @@ def submit_torchrun(
         resume_from=resume_from,
         templates=template_overrides(workspace),
         preflight=preflight,
+        notify=_notify(notify, workspace),
     )
     with connect(workspace) as transport, full_disk_advice(transport, project):
         done = transport.cluster.submit_torchrun(request, dry_run=dry_run)

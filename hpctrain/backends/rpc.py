@@ -193,3 +193,6 @@ class RemoteCluster:
 
     def partitions(self, refresh: bool = False) -> list[Partition]:
         return [Partition.from_json(p) for p in self._call("partitions", refresh=bool(refresh))]
+
+    def notify_test(self, setting: dict) -> dict:
+        return self._call("notify_test", setting=setting)

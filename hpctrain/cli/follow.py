@@ -274,3 +274,39 @@ def cancel(ctx, job_id, as_json):
         print_json(row.to_json())
     else:
         click.echo(f"job {row.id} {row.state}")
+
+
+@main.group()
+def notify():
+    """Job notifications: a webhook (ntfy, Slack, Matrix hookshot, or any JSON receiver) hears
+    of each job's end, failure and alerts.
+
+    Set it with 'notify:' in a profile of hpctrain.yaml or in a project file (the project's
+    wins), e.g. 'notify: {url: https://ntfy.sh/TOPIC, format: ntfy}'; see the README.
+
+    \b
+    Example:
+      hpctrain notify test
+    """
+
+
+@notify.command("test")
+@click.option("--project", "project_name", help="Use this project's notify setting.")
+@json_option
+@click.pass_context
+def notify_test(ctx, project_name, as_json):
+    """Send one test notification from the cluster side to the webhook your jobs would use.
+
+    \b
+    Examples:
+      hpctrain notify test
+      hpctrain notify test --project Projet_A --json
+    """
+    from ..app.notify import test
+
+    sent = test(workspace_of(ctx), project_name)
+    if as_json:
+        print_json(sent)
+    else:
+        click.echo(f"sent a test notification to {sent['to']} from {sent['sent_from']} "
+                   f"(HTTP {sent['status']})")

@@ -207,6 +207,11 @@ class ClusterOps(Protocol):
         `refresh` (cluster/partitions.py owns the cache)."""
         ...
 
+    def notify_test(self, setting: dict) -> dict:
+        """Send one test notification to a webhook (core/webhook.Webhook.to_json()) from the
+        cluster side: to (redacted), status, sent_from."""
+        ...
+
 
 def operations() -> tuple[str, ...]:
     """The names of the operations of ClusterOps, read from the protocol itself."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import time
 from dataclasses import replace
@@ -31,6 +32,7 @@ from ..core.layout import (
     FETCHED,
     LAYOUT_VERSION,
     LOG,
+    NOTIFICATIONS,
     SCRIPT,
     SETTINGS,
     SUBMITIT_DIR,
@@ -38,11 +40,12 @@ from ..core.layout import (
     job_dir_name,
 )
 from ..core.names import check_name
+from ..core.webhook import webhook_from_json
 from ..jobs import build, kraken
 from ..jobs.groundtruth import is_junk
 from ..jobs.requests import JobRequest, TorchrunRequest, recorded
 from ..jobs.split import split_pages
-from ..runtime import events
+from ..runtime import events, notify
 from ..runtime.runner import RESERVE_BYTES, disk_full_error, read_settings
 from . import efficiency, provenance
 from . import partitions as slurm_partitions
@@ -272,11 +275,14 @@ class ClusterSide:
                     "alerts": list(request.alerts),
                     "layout": LAYOUT_VERSION,
                     **extra_settings,
+                    **_notify_settings(request, record),
                 }
                 job_dir = self.root / record.job_dir
-                self._write_job(
-                    job_dir, script, {**files, SETTINGS: json.dumps(job_settings, indent=1)}
-                )
+                files = {**files, SETTINGS: json.dumps(job_settings, indent=1)}
+                if "notify" in job_settings:
+                    files[NOTIFICATIONS] = notify.start_record()
+                self._write_job(job_dir, script, files,
+                                private=(SETTINGS,) if "notify" in job_settings else ())
                 scheduler = scheduler_for(self.executor, self.root)
                 if stages:
                     queued = _queue_stages(scheduler, job_dir, stages)
@@ -294,10 +300,12 @@ class ClusterSide:
                               files.get(COMPILE_SCRIPT))
 
     @staticmethod
-    def _write_job(job_dir: Path, script: str, files: dict) -> None:
+    def _write_job(job_dir: Path, script: str, files: dict, private: tuple = ()) -> None:
+        """The job's files; those in `private` (job.json with a webhook URL) only for the
+        user (mode 0600)."""
         job_dir.mkdir(parents=True, exist_ok=False)
         for rel, text in {**files, SCRIPT: script}.items():
-            write_text(job_dir / rel, text)
+            write_text(job_dir / rel, text, mode=0o600 if rel in private else None)
 
     # -- following ------------------------------------------------------------------------
     def status(
@@ -310,6 +318,7 @@ class ClusterSide:
             else:
                 records = registry.all(project, unreadable)
             report = StatusReport([], [f"{w}; the other jobs are shown" for w in unreadable])
+            failing: dict = {}  # webhooks that failed in this pass: not tried again in it
             # one query for every job, every stage of a chained job included
             asked = list(dict.fromkeys(sid for record in records for sid in _to_ask(record)))
             live_states = (
@@ -336,6 +345,7 @@ class ClusterSide:
                 row = _row(record, state, progress, live, stages, stage_at)
                 damaged = damage.warning(f"{record.job_dir}/{EVENTS}", state.final)
                 row.warnings = ([damaged] if damaged else []) + warnings
+                row.warnings += self._notify(record, state, failing)
                 report.rows.append(row)
             self._add_efficiency(records, report.rows)
             return report
@@ -399,6 +409,18 @@ class ClusterSide:
                 events.append(sink, event)
         except OSError:
             pass  # the row still says it; only the record of it is lost
+
+    def _notify(self, record: JobRecord, state: JobState, failing: dict) -> list[str]:
+        """Send what the job's webhook has not heard yet (runtime/notify.py), for a job that
+        has one; what failed is a warning, tried again next time."""
+        job_dir = self.root / record.job_dir
+        if not notify.has_webhook(job_dir):
+            return []
+        try:
+            settings = read_settings(job_dir)
+        except ValueError:
+            return []  # _read_job warns about a damaged job.json
+        return notify.from_status(job_dir, settings, state.final, failing)
 
     def _record_silent_end(self, record: JobRecord, state: JobState,
                            progress: events.Progress, live: Live | None,
@@ -509,13 +531,32 @@ class ClusterSide:
                     f"job {record.id} is already {record.state.value}; nothing to cancel"
                 )
             scheduler = scheduler_for(self.executor, self.root)
+            # noted first: the end that the killed runner writes is then told as CANCELLED
+            noted = self._note_cancel(record)
+            try:
+                if record.stages:
+                    stages = self._cancel_stages(scheduler, record)
+                else:
+                    scheduler.cancel(record.scheduler_id or "", self.root / record.job_dir)
+            except BaseException:
+                if noted:
+                    notify.withdraw_cancel(self.root / record.job_dir)
+                raise
             if record.stages:
-                stages = self._cancel_stages(scheduler, record)
                 registry.update(record.id, state=JobState.CANCELLED, stages=stages)
             else:
-                scheduler.cancel(record.scheduler_id or "", self.root / record.job_dir)
                 registry.update(record.id, state=JobState.CANCELLED)
         return self.job(record.id)
+
+    def _note_cancel(self, record: JobRecord) -> bool:
+        job_dir = self.root / record.job_dir
+        if not notify.has_webhook(job_dir):
+            return False
+        try:
+            job = notify.JobNotify.from_settings(read_settings(job_dir))
+        except ValueError:
+            return False
+        return job is not None and notify.note_cancel(job_dir, job)
 
     def _cancel_stages(self, scheduler: Scheduler, record: JobRecord) -> tuple[Stage, ...]:
         """Cancel every stage the scheduler still holds, the last first (so that none starts
@@ -608,6 +649,31 @@ class ClusterSide:
                 path.unlink()
                 removed += 1
         return removed
+
+    # -- notifications --------------------------------------------------------------------
+    def notify_test(self, setting: dict) -> dict:
+        """One test notification from here (the login node): does the webhook answer?"""
+        import socket
+
+        hook = webhook_from_json(setting)
+        job = notify.JobNotify(hook, None, "", "test", secrets.token_hex(4))
+        here = socket.gethostname()
+        try:
+            status = notify.send_test(job)
+        except notify.SendError as e:
+            raise HpctrainError(
+                f"the test notification to {hook.shown} from {here} failed: {e.reason}; check "
+                "the notify url and that this machine may reach it") from None
+        return {"to": hook.shown, "status": status, "sent_from": here}
+
+
+def _notify_settings(request, record: JobRecord) -> dict:
+    """job.json's `notify` for a request with a webhook (checked again here), else nothing."""
+    if not request.notify:
+        return {}
+    hook = webhook_from_json(request.notify)
+    job = notify.JobNotify(hook, record.id, record.project, record.kind, secrets.token_hex(4))
+    return {"notify": job.to_settings()}
 
 
 def _queue_stages(scheduler: Scheduler, job_dir: Path, stages: tuple) -> tuple[Stage, ...]:

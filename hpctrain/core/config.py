@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from .errors import ConfigError
 from .keys import reject_unknown, section
 from .names import check_name
+from .webhook import Webhook, webhook_from_value
 
 WORKSPACE_FILE = "hpctrain.yaml"
 STATE_FOLDER = ".hpctrain"  # hpctrain's own files under the cluster root
@@ -70,6 +71,7 @@ class Profile:
     )
     # push with: rsync (system rsync over ssh), sftp, or auto (rsync if both ends have it)
     transfer: str = "auto"
+    notify: Webhook | None = None  # where job ends and alerts are posted (core/webhook.py)
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ ENV_KEYS = (
     "partition",
     "compile_partition",
     "transfer",
+    "notify",  # a bare webhook URL
 )
 
 
@@ -184,12 +187,14 @@ def profile_from_mapping(name: str, data: Mapping[str, Any], source: str) -> Pro
     for role, folder in tree.items():
         check_name(str(folder), f"tree folder for {role}")
     modules = values.pop("modules", None) or ()
+    notify = webhook_from_value(values.pop("notify", None), source)
     if isinstance(modules, str):
         modules = (modules,)
     profile = Profile(
         name=name,
         tree=Tree(**{k: str(v) for k, v in tree.items()}),
         modules=tuple(str(m) for m in modules),
+        notify=notify,
         **values,
     )
     _check_profile(profile, source)

@@ -49,10 +49,19 @@ def atomic_target(path: Path, exclusive: bool = False) -> Iterator[Path]:
         )  # a no-op after the rename; the leftover after a link or a failure
 
 
-def write_text(path: Path, text: str, exclusive: bool = False) -> None:
-    """Write a text file atomically; with `exclusive`, FileExistsError if it already exists."""
+def write_text(path: Path, text: str, exclusive: bool = False, mode: int | None = None) -> None:
+    """Write a text file atomically; with `exclusive`, FileExistsError if it already exists.
+    With `mode` (0o600 for a file holding a secret), the file has exactly that mode from its
+    creation on: no other user can read it even while it is written."""
     with atomic_target(path, exclusive) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        if mode is None:
+            tmp.write_text(text, encoding="utf-8")
+            return
+        tmp.unlink(missing_ok=True)  # a leftover part may have a wider mode
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with open(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(fd, mode)  # the umask may have narrowed it; never widened
+            handle.write(text)
 
 
 def write_shared(path: Path, data: bytes) -> None:

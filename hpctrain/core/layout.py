@@ -6,6 +6,7 @@
                         then its second stage (training and test)
         job.log         raw output                   events.jsonl  structured events
         efficiency.json what a finished job used (cluster/efficiency.py)
+        notifications.jsonl   what was sent to the job's webhook (runtime/notify.py)
         split/          train.txt validation.txt test.txt (+ validation_arrow.txt)
         arrow_check.py  checks compiled data, so that a requeued job reuses it
         model/          ketos' checkpoints and best model
@@ -29,7 +30,9 @@ STAGE_SCRIPTS = {"compile": COMPILE_SCRIPT, "train": SCRIPT}
 STAGES = tuple(STAGE_SCRIPTS)
 LOG = "job.log"
 EVENTS = "events.jsonl"
-SETTINGS = "job.json"
+SETTINGS = "job.json"  # mode 0600 when it holds a webhook URL (a secret)
+NOTIFICATIONS = "notifications.jsonl"  # the delivery record of runtime/notify.py
+NOTIFY_LOCK = ".notifications.lock"  # held while notifications are sent and recorded
 SPLIT_DIR = "split"
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..core.errors import ConfigError
+from ..core.webhook import redact
 
 # Slurm's time formats (sbatch --time); the parts are checked for meaning in slurm_time().
 _TIME = re.compile(r"(?:(\d{1,4})-)?(\d{1,6})(?::(\d{1,2}))?(?::(\d{1,2}))?", re.ASCII)
@@ -99,6 +100,7 @@ class JobRequest:
     base_path: str | None = None  # filled in by the cluster side
     alerts: tuple[dict, ...] = ()
     preflight: bool = True  # check the partition's limits before queueing (cluster/partitions)
+    notify: dict | None = None  # core/webhook.Webhook.to_json(): job ends and alerts go there
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -122,6 +124,7 @@ class TorchrunRequest:
     resume_from: int | None = None  # a job whose last checkpoint this one starts from
     templates: dict = field(default_factory=dict, compare=False)
     preflight: bool = True  # check the partition's limits before queueing (cluster/partitions)
+    notify: dict | None = None  # core/webhook.Webhook.to_json(): job ends and alerts go there
 
     @property
     def kind(self) -> str:
@@ -152,10 +155,13 @@ def torchrun_request_from_json(data: dict) -> TorchrunRequest:
 
 
 def recorded(request: JobRequest | TorchrunRequest) -> dict:
-    """The request as the registry keeps it: without template texts and script text."""
+    """The request as the registry keeps it: without template texts and script text, and
+    with the webhook's URL redacted (it holds a secret)."""
     data = request.to_json()
     data.pop("templates", None)
     data.pop("script_text", None)
+    if data.get("notify"):
+        data["notify"] = {**data["notify"], "url": redact(data["notify"].get("url", ""))}
     return data
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..core.errors import HpctrainError, full_disk
 from ..core.layout import EVENTS, LOG, MODEL_DIR, RESERVE, SCRIPT, SETTINGS, STAGE_SCRIPTS, STAGES
-from . import events, gpu
+from . import events, gpu, notify
 from .logparse import LogParser
 
 
@@ -168,6 +168,14 @@ def read_settings(job_dir: Path) -> dict:
     ):
         raise ValueError("damaged ('monitor' must be a name, 'alerts' a list of objects)")
     return settings
+
+
+def _quiet_settings(job_dir: Path) -> dict:
+    """job.json's settings, or none if it cannot be read now (the job runs all the same)."""
+    try:
+        return read_settings(job_dir)
+    except ValueError:
+        return {}
 
 
 def _parser(job_dir: Path) -> LogParser:
@@ -314,6 +322,7 @@ class JobRunner:
             if settings_error:
                 events.append(sink, {"event": "end", "exit_code": 1, "error": settings_error})
                 raise JobFailed(settings_error)
+            notifier = notify.FromNode(job_dir, _quiet_settings(job_dir))
             before, started = _children_usage(), time.monotonic()
             process = subprocess.Popen(
                 ["bash", str(job_dir / self.script)],
@@ -339,6 +348,8 @@ class JobRunner:
                     if event["event"] == "model":
                         reported_model = event["path"]
                     events.append(sink, event)
+                    if event["event"] == "alert":
+                        notifier.send(sink)
             code = process.wait()
             sampler.stop()
             if reserve is not None:  # room for the last events
@@ -363,4 +374,5 @@ class JobRunner:
             else:
                 end = {"event": "end", "exit_code": code, "error": error}
                 events.append(sink, {**end, "stage": self.stage} if self.stage else end)
+                notifier.send(sink)
         return code, error, best
