@@ -45,6 +45,9 @@ class FakeSlurm:
         self.calls.append(("states", list(ids)))
         return {sid: self.live.get(sid) for sid in ids}
 
+    def accounting(self, ids):  # no accounting: the efficiency report uses the job's events
+        return {}
+
     def cancel(self, sid, job_dir):
         if self.cancel_fails:
             raise SchedulerError("scancel failed: slurm_load_jobs error: timed out")

@@ -343,6 +343,9 @@ class FakeSlurm:
     def states(self, ids):
         return {i: Live(JobState.PENDING) for i in ids}
 
+    def accounting(self, ids):
+        return {}
+
     def cancel(self, scheduler_id, job_dir):
         FakeSlurm.cancelled.append(scheduler_id)
 
