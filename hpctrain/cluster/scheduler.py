@@ -9,10 +9,11 @@ only).
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import signal
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -483,7 +484,9 @@ class SlurmScheduler:
             srun_args=["--nodes=1", "--ntasks=1"],
         )
         try:
-            job = executor.submit(JobRunner(str(job_dir), stage=stage))
+            # submitit prints sbatch's refusal to sys.stderr, then raises it: said once, below
+            with redirect_stderr(io.StringIO()):
+                job = executor.submit(JobRunner(str(job_dir), stage=stage))
         except FileNotFoundError:
             raise SchedulerError(f"sbatch {NO_SLURM}") from None
         except Exception as e:  # submitit wraps sbatch's refusal in a bare exception
