@@ -43,7 +43,7 @@ from ..jobs.requests import JobRequest, TorchrunRequest, recorded
 from ..jobs.split import split_pages
 from ..runtime import events
 from ..runtime.runner import RESERVE_BYTES, disk_full_error, read_settings
-from . import provenance
+from . import polling, provenance
 from . import usage as sizes
 from .api import (
     MODEL_SUFFIXES,
@@ -275,15 +275,17 @@ class ClusterSide:
             else:
                 records = registry.all(project, unreadable)
             report = StatusReport([], [f"{w}; the other jobs are shown" for w in unreadable])
-            live = [r for r in records if not r.state.final and r.scheduler_id]
-            live_states = (
-                scheduler_for(self.executor, self.root).states([r.scheduler_id for r in live])
-                if live
-                else {}
-            )
-            for record in records:
-                progress, damage, warnings = self._read_job(record)
-                live = live_states.get(record.scheduler_id)
+            jobs = [(record, *self._read_job(record)) for record in records]
+            asked = {r.scheduler_id: progress for r, progress, *_ in jobs
+                     if not r.state.final and r.scheduler_id}
+            answers = self._ask_scheduler(asked)
+            report.warnings += answers.warnings
+            for record, progress, damage, warnings in jobs:
+                live = answers.states.get(record.scheduler_id)
+                if (record.scheduler_id in asked and (live is None or live.state.final)
+                        and progress.state not in polling.ENDED):
+                    # over, says the scheduler: its runner's end may have been written since
+                    progress, damage, warnings = self._read_job(record)
                 state = _state(record, progress, live.state if live else None)
                 if state != record.state:
                     if state.final:
@@ -299,6 +301,13 @@ class ClusterSide:
                 row.warnings = ([damaged] if damaged else []) + warnings
                 report.rows.append(row)
             return report
+
+    def _ask_scheduler(self, jobs: dict[str, events.Progress]) -> polling.Answers:
+        """The scheduler's word on live jobs (scheduler id -> progress from its events), asked
+        no more often than cluster/polling.py allows."""
+        if not jobs:
+            return polling.Answers({})
+        return polling.ask(self.root, scheduler_for(self.executor, self.root), jobs)
 
     def _record_silent_end(self, record: JobRecord, state: JobState,
                            progress: events.Progress, live: Live | None) -> None:
@@ -365,7 +374,10 @@ class ClusterSide:
         return None
 
     def job(self, job_id: int) -> JobStatus:
-        return self.status([int(job_id)]).rows[0]
+        report = self.status([int(job_id)])
+        row = report.rows[0]
+        row.warnings += report.warnings  # what the scheduler could not tell, said with the row
+        return row
 
     def read_log(self, job_id: int, offset: int = 0) -> tuple[str, int]:
         """Up to LOG_CHUNK bytes of the raw log from `offset`, cut at a line end; the new offset."""
@@ -397,6 +409,7 @@ class ClusterSide:
             scheduler = scheduler_for(self.executor, self.root)
             scheduler.cancel(record.scheduler_id or "", self.root / record.job_dir)
             registry.update(record.id, state=JobState.CANCELLED)
+        polling.changed(self.root)  # the queue changed: the other jobs' states may change soon
         return self.job(record.id)
 
     # -- fetching -------------------------------------------------------------------------
