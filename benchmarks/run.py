@@ -390,8 +390,8 @@ def bench_polling(tmp: Path, quick: bool) -> list[dict]:
     env["PATH"] = f"{wrappers}{os.pathsep}{env['PATH']}"
     hpctrain = [HPCTRAIN, "-w", str(ws)]
     submitted = run([*hpctrain, "submit", "torchrun", str(script), "--cpus-per-task", "1",
-                     "--partition", "publicgpu", "--time", f"{seconds // 60 + 5}", "--json",
-                     "--", str(seconds)], env=env)
+                     "--mem", "2G", "--partition", "publicgpu", "--time", f"{seconds // 60 + 5}",
+                     "--json", "--", str(seconds)], env=env)
     job = json.loads(submitted.stdout)["job"]
     try:
         start = time.perf_counter()

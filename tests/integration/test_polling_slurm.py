@@ -75,7 +75,8 @@ def slurm_cli(cli, workspace, tmp_path, monkeypatch):
     submitted = []
 
     def submit() -> dict:
-        result = cli("submit", "torchrun", str(script), "--cpus-per-task", "1",
+        # 1 CPU and 2 GB of the node's 2 CPUs and 12 GB: two such jobs run side by side
+        result = cli("submit", "torchrun", str(script), "--cpus-per-task", "1", "--mem", "2G",
                      "--partition", "publicgpu", "--time", "00:10:00", "--json")
         assert result.exit_code == 0, result.output
         submitted.append(json.loads(result.stdout)["job"])
