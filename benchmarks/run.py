@@ -3,9 +3,11 @@
     .venv/bin/python benchmarks/run.py                 # full sizes (2,000 files / 200 MB, 1 GB log)
     .venv/bin/python benchmarks/run.py --quick         # a tenth of the sizes, fewer runs
     .venv/bin/python benchmarks/run.py --only start,log --json out.json
+    .venv/bin/python benchmarks/run.py --only polling --quick   # a 1-minute wait, not 10
 
-Push and status figures need the test cluster (`sudo scripts/test_cluster.sh up`): the same sshd
-on 127.0.0.1 and the same Slurm for hpctrain and for the anchors. Prints a table (figure,
+Push, status and polling figures need the test cluster (`sudo scripts/test_cluster.sh up`): the
+same sshd on 127.0.0.1 and the same Slurm for hpctrain and for the anchors; polling also needs
+torch in this venv (its job is a torchrun job that sleeps). Prints a table (figure,
 hpctrain, anchor, ratio, target) and writes it as JSON (default benchmarks/results.json).
 This machine is noisy: every figure is the median of --runs runs, and ratios are taken within
 one run, never across runs.
@@ -75,6 +77,23 @@ def row(
         "hpctrain_s": round(ours, 4),
         "anchor": anchor_name,
         "anchor_s": round(anchor, 4),
+        "ratio": round(ours / anchor, 2) if anchor else None,
+        "target": target,
+        "met": met,
+        **extra,
+    }
+
+
+def count_row(
+    figure: str, ours: int, anchor_name: str, anchor: int, target: str, met: bool, **extra
+) -> dict:
+    """A row that counts (Slurm queries) rather than times."""
+    return {
+        "figure": figure,
+        "hpctrain": ours,
+        "anchor": anchor_name,
+        "anchor_value": anchor,
+        "unit": "queries",
         "ratio": round(ours / anchor, 2) if anchor else None,
         "target": target,
         "met": met,
@@ -336,6 +355,71 @@ def register(root: Path, scheduler_ids: list[str]) -> None:
         os.chown(path, owner.st_uid, owner.st_gid)
 
 
+# A job that runs SECONDS seconds, reporting an epoch every 10 s.
+SLEEPER = """
+import json, sys, time
+epochs = int(sys.argv[1]) // 10
+for epoch in range(1, epochs + 1):
+    time.sleep(10)
+    print("##hpctrain " + json.dumps({"event": "metrics", "epoch": epoch, "total": epochs}),
+          flush=True)
+"""
+NAIVE_EVERY = 5  # seconds: the naive poller's sacct per job
+
+
+def bench_polling(tmp: Path, quick: bool) -> list[dict]:
+    """Slurm queries (sacct and squeue, counted by wrappers first on the PATH) while `hpctrain
+    wait` follows one job to its end, with the product's defaults (events looked at every second,
+    Slurm asked every 5 s at first, up to every 60 s); the anchor is a naive poller's count, one
+    sacct per job every 5 s, computed for the same time."""
+    seconds = 60 if quick else 600
+    ws = tmp / "polling-ws"
+    run([HPCTRAIN, "init", str(ws)])
+    config = ws / "hpctrain.yaml"
+    config.write_text(config.read_text().replace("executor: local", "executor: slurm"))
+    script, calls, wrappers = tmp / "sleeper.py", tmp / "slurm-calls", tmp / "bin"
+    script.write_text(SLEEPER)
+    wrappers.mkdir()
+    for name in ("sacct", "squeue"):
+        real = subprocess.run(["which", name], capture_output=True, text=True).stdout.strip()
+        if not real:
+            raise SystemExit(f"polling: no {name} on this machine (the test cluster's Slurm)")
+        (wrappers / name).write_text(f"#!/bin/sh\necho {name} >> {calls}\nexec {real} \"$@\"\n")
+        (wrappers / name).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HPCTRAIN_")}
+    env["PATH"] = f"{wrappers}{os.pathsep}{env['PATH']}"
+    hpctrain = [HPCTRAIN, "-w", str(ws)]
+    submitted = run([*hpctrain, "submit", "torchrun", str(script), "--cpus-per-task", "1",
+                     "--mem", "2G", "--partition", "publicgpu", "--time", f"{seconds // 60 + 5}",
+                     "--json", "--", str(seconds)], env=env)
+    job = json.loads(submitted.stdout)["job"]
+    try:
+        start = time.perf_counter()
+        done = subprocess.run([*hpctrain, "wait", str(job["id"]), "--json"], env=env,
+                              capture_output=True, text=True)
+        took = time.perf_counter() - start
+    finally:
+        subprocess.run(["scancel", job["scheduler_id"]], capture_output=True)
+    if done.returncode:
+        raise SystemExit(f"polling: the job did not complete: {done.stderr[-2000:]}")
+    queries = calls.read_text().split() if calls.exists() else []
+    naive = round(took / NAIVE_EVERY)
+    target = 0.25 if not quick else 1.0
+    return [
+        count_row(
+            f"Slurm queries during a {took / 60:.0f}-minute wait",
+            len(queries),
+            f"sacct every {NAIVE_EVERY} s",
+            naive,
+            f"ratio <= {target}",
+            len(queries) <= target * naive,
+            sacct=queries.count("sacct"),
+            squeue=queries.count("squeue"),
+            wait_s=round(took, 1),
+        )
+    ]
+
+
 def bench_log(tmp: Path, runs: int, quick: bool) -> list[dict]:
     rows, peaks = [], {}
     for size in (10 << 20, 100 << 20) if quick else (100 << 20, 1 << 30):
@@ -365,21 +449,28 @@ def bench_log(tmp: Path, runs: int, quick: bool) -> list[dict]:
 def table(rows: list[dict]) -> str:
     lines = [f"{'figure':46} {'hpctrain':>10} {'anchor':>22} {'ratio':>7}  target"]
     for r in rows:
-        anchor = f"{r['anchor']} {r['anchor_s'] * 1000:.0f} ms"
+        if "unit" in r:  # a count
+            ours, anchor = f"{r['hpctrain']} q", f"{r['anchor']} {r['anchor_value']} q"
+        else:
+            ours = f"{r['hpctrain_s'] * 1000:.0f} ms"
+            anchor = f"{r['anchor']} {r['anchor_s'] * 1000:.0f} ms"
         mark = "ok" if r["met"] else "MISSED"
         lines.append(
-            f"{r['figure'][:46]:46} {r['hpctrain_s'] * 1000:>7.0f} ms "
-            f"{anchor:>22} {r['ratio']:>7}  "
+            f"{r['figure'][:46]:46} {ours:>10} {anchor:>22} {r['ratio']:>7}  "
             f"{r['target']} ({mark})"
         )
+    if any("unit" in r for r in rows):
+        lines.append("(q: Slurm queries, sacct and squeue calls)")
     return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a tenth of the sizes, 3 runs")
+    parser.add_argument("--quick", action="store_true",
+                        help="a tenth of the sizes, 3 runs, a 1-minute wait")
     parser.add_argument("--runs", type=int, help="runs per figure (default 7, 3 with --quick)")
-    parser.add_argument("--only", default="start,push,status,log", help="comma-separated figures")
+    parser.add_argument("--only", default="start,push,status,polling,log",
+                        help="comma-separated figures")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results.json")
     args = parser.parse_args()
     runs = args.runs or (3 if args.quick else 7)
@@ -393,6 +484,7 @@ def main() -> int:
         for name, bench in (
             ("push", lambda: bench_push(tmp, cluster, runs, args.quick)),
             ("status", lambda: bench_status(tmp, cluster, runs, 200)),
+            ("polling", lambda: bench_polling(tmp, args.quick)),
         ):
             if name in only and cluster is None:
                 skipped.append(

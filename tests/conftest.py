@@ -14,16 +14,24 @@ from helpers import Cli, cluster_facts, sample_gt
 from hpctrain.cli import main
 
 
+# `wait` looks at the events 5 times a second; Slurm is asked at least every 10 s (1 s after a
+# change), not the product's 5-60 s: a change only Slurm knows of (a requeue, a node failure)
+# shows within a test's patience. A test may set its own (tests/integration/test_polling_slurm.py).
+TEST_POLLING = {"HPCTRAIN_POLL_SECONDS": "0.2", "HPCTRAIN_SLURM_POLL_MIN": "1",
+                "HPCTRAIN_SLURM_POLL_MAX": "10"}
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
-    monkeypatch.setenv("HPCTRAIN_POLL_SECONDS", "0.2")
     for key in list(os.environ):
-        if key.startswith("HPCTRAIN_") and key != "HPCTRAIN_POLL_SECONDS":
+        if key.startswith("HPCTRAIN_"):
             monkeypatch.delenv(key)
+    for key, value in TEST_POLLING.items():
+        monkeypatch.setenv(key, value)
     return home
 
 

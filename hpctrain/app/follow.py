@@ -27,6 +27,8 @@ def status(
 
 
 def poll_interval() -> float:
+    """How often `wait` and `logs -f` look at the job (its events and log): HPCTRAIN_POLL_SECONDS,
+    1 s by default. Slurm itself is asked far less often (cluster/polling.py)."""
     return float(os.environ.get("HPCTRAIN_POLL_SECONDS", "1"))
 
 

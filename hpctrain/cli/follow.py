@@ -163,6 +163,9 @@ def logs(ctx, job_id, follow):
 def wait(ctx, job_id, timeout, as_json):
     """Wait for a job to end, printing its progress; exit 0 only if it COMPLETED.
 
+    It reads the job's events every second; Slurm is asked every 5 s at most, less often
+    (up to every 60 s) while nothing changes.
+
     \b
     Example:
       hpctrain submit transcription Projet_A --json | jq .job.id | xargs hpctrain wait

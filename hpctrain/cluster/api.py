@@ -63,7 +63,8 @@ class JobStatus:
     stopped_epoch: int | None = None
     epoch_seconds: float | None = None  # mean time an epoch takes, for the estimate of time left
     metrics: dict = field(default_factory=dict)  # the latest epoch's metrics
-    warnings: list = field(default_factory=list)  # damaged files of the job, one line each
+    # damaged files of the job, one line each; from `job`, also the report's warnings
+    warnings: list = field(default_factory=list)
     efficiency: dict | None = None  # a finished job's: Efficiency.to_json() (cluster/efficiency.py)
     # a chained job's scheduler jobs in order, each {name, scheduler_id, state, partition}
     # (state: the scheduler's for that job); [] for a job that is one scheduler job
@@ -92,8 +93,8 @@ class JobReport:
 
 @dataclass
 class StatusReport:
-    """`hpctrain status`: one row per job, and what kept a job out of them (a damaged registry
-    record), one line each."""
+    """`hpctrain status`: one row per job, and one line each for what kept a job out of them (a
+    damaged registry record) and what the scheduler could not tell (accounting off)."""
 
     rows: list[JobStatus]
     warnings: list = field(default_factory=list)
@@ -165,8 +166,9 @@ class ClusterOps(Protocol):
     def status(
         self, job_ids: list[int] | None = None, project: str | None = None
     ) -> StatusReport:
-        """One row per job, states refreshed with one scheduler query; jobs whose registry
-        record is damaged are left out, one warning each."""
+        """One row per job, states from the jobs' events and at most one scheduler query
+        (cluster/polling.py says when); jobs whose registry record is damaged are left out, one
+        warning each."""
         ...
 
     def job(self, job_id: int) -> JobStatus:

@@ -47,7 +47,7 @@ from ..jobs.requests import JobRequest, TorchrunRequest, recorded
 from ..jobs.split import split_pages
 from ..runtime import events, notify
 from ..runtime.runner import RESERVE_BYTES, disk_full_error, read_settings
-from . import efficiency, provenance
+from . import efficiency, polling, provenance
 from . import partitions as slurm_partitions
 from . import usage as sizes
 from .api import (
@@ -319,19 +319,22 @@ class ClusterSide:
                 records = registry.all(project, unreadable)
             report = StatusReport([], [f"{w}; the other jobs are shown" for w in unreadable])
             failing: dict = {}  # webhooks that failed in this pass: not tried again in it
+            jobs = [(record, *self._read_job(record)) for record in records]
             # one query for every job, every stage of a chained job included
-            asked = list(dict.fromkeys(sid for record in records for sid in _to_ask(record)))
-            live_states = (
-                scheduler_for(self.executor, self.root).states(asked) if asked else {}
-            )
-            for record in records:
-                progress, damage, warnings = self._read_job(record)
+            asked = {sid: progress for record, progress, *_ in jobs for sid in _to_ask(record)}
+            answers = self._ask_scheduler(asked)
+            report.warnings += answers.warnings
+            for record, progress, damage, warnings in jobs:
                 if record.stages:
                     state, stage_at, live, stages = self._chain_state(
-                        record, progress, live_states, warnings)
+                        record, progress, answers.states, warnings)
                 else:
                     stage_at, stages = None, record.stages
-                    live = live_states.get(record.scheduler_id)
+                    live = answers.states.get(record.scheduler_id)
+                    if (record.scheduler_id in asked and (live is None or live.state.final)
+                            and progress.state not in polling.ENDED):
+                        # over, says the scheduler: its runner's end may have been written since
+                        progress, damage, warnings = self._read_job(record)
                     state = _state(record, progress, live.state if live else None)
                 if state != record.state or stages != record.stages:
                     if state != record.state and state.final:
@@ -422,6 +425,13 @@ class ClusterSide:
             return []  # _read_job warns about a damaged job.json
         return notify.from_status(job_dir, settings, state.final, failing)
 
+    def _ask_scheduler(self, jobs: dict[str, events.Progress]) -> polling.Answers:
+        """The scheduler's word on live jobs (scheduler id -> progress from its events), asked
+        no more often than cluster/polling.py allows."""
+        if not jobs:
+            return polling.Answers({})
+        return polling.ask(self.root, scheduler_for(self.executor, self.root), jobs)
+
     def _record_silent_end(self, record: JobRecord, state: JobState,
                            progress: events.Progress, live: Live | None,
                            stage: Stage | None = None) -> None:
@@ -489,7 +499,10 @@ class ClusterSide:
         return None
 
     def job(self, job_id: int) -> JobStatus:
-        return self.status([int(job_id)]).rows[0]
+        report = self.status([int(job_id)])
+        row = report.rows[0]
+        row.warnings += report.warnings  # what the scheduler could not tell, said with the row
+        return row
 
     def report(self, job_id: int) -> JobReport:
         """The job's row and its efficiency; a job that has not ended is measured so far (and
@@ -546,6 +559,7 @@ class ClusterSide:
                 registry.update(record.id, state=JobState.CANCELLED, stages=stages)
             else:
                 registry.update(record.id, state=JobState.CANCELLED)
+        polling.changed(self.root)  # the queue changed: the other jobs' states may change soon
         return self.job(record.id)
 
     def _note_cancel(self, record: JobRecord) -> bool:

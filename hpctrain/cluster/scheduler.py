@@ -56,6 +56,10 @@ class Scheduler(Protocol):
     """What the cluster side needs of a scheduler."""
 
     name: str
+    # Its queries load a service the whole cluster shares: ask it through cluster/polling.py.
+    shared: bool
+    # Why the last `states` had to do without the scheduler's accounting (None: it did not).
+    accounting_off: str | None
 
     def submit(self, job_dir: Path, time_limit: str, stage: str | None = None,
                after: str | None = None) -> str:
@@ -123,6 +127,8 @@ class LocalScheduler:
     """submitit's local executor: the job runs as a background process of this machine."""
 
     name = "local"
+    shared = False  # a look at this machine's processes: cheap, and always asked
+    accounting_off = None
 
     def __init__(self, root: Path):
         self.queue_lock = Path(root) / STATE_FOLDER / "local-queue.lock"
@@ -442,9 +448,11 @@ class SlurmScheduler:
     directives."""
 
     name = "slurm"
+    shared = True
 
     def __init__(self, root: Path):
         self.root = root
+        self.accounting_off: str | None = None
 
     def submit(self, job_dir: Path, time_limit: str, stage: str | None = None,
                after: str | None = None) -> str:
@@ -498,25 +506,34 @@ class SlurmScheduler:
         return str(job.job_id)
 
     def states(self, scheduler_ids: list[str]) -> dict[str, Live | None]:
-        """One sacct call for all the jobs, whatever their number; then, if any job waits or is
-        too fresh for accounting, one squeue call for the reasons and expected start times."""
-        out = _run(
-            ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(scheduler_ids)],
-            "sacct (job states)",
-        )
-        found = {sid: None for sid in scheduler_ids}
+        """One sacct call for all the jobs, whatever their number; then, if any job waits, is
+        too fresh for accounting, or accounting does not answer, one squeue call for the reasons
+        and expected start times. Where accounting is off (sacct fails, or knows none of the jobs
+        the queue shows running), the states are the queue's and `accounting_off` says why: a
+        job that has left the queue is then None, as one Slurm no longer knows."""
+        found: dict[str, Live | None] = {sid: None for sid in scheduler_ids}
+        self.accounting_off = None
+        try:
+            out = _run(
+                ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(scheduler_ids)],
+                "sacct (job states)",
+            )
+        except SchedulerError as e:
+            self.accounting_off, out = str(e), ""
         for job_id, state, *_rest in _fields(out):
             if job_id in found:
                 found[job_id] = Live(_state(state), said=_word(state))
+        accounted = {sid for sid, live in found.items() if live}
         # A job whose node failed is NODE_FAIL in accounting while Slurm requeues it: only the
         # queue tells which.
-        if all(live and live.state != JobState.PENDING and live.said not in _REQUEUED_AFTER
-               for live in found.values()):
+        if not self.accounting_off and all(
+                live and live.state != JobState.PENDING and live.said not in _REQUEUED_AFTER
+                for live in found.values()):
             return found
         try:
             queue = _run(["squeue", "-h", "--me", "-o", "%i|%T|%r|%S"], "squeue (job states)")
         except SchedulerError:
-            if any(live is None for live in found.values()):
+            if self.accounting_off or any(live is None for live in found.values()):
                 raise
             return found  # accounting answered for every job; only the reasons are missing
         for job_id, state, reason, start in _fields(queue, 4):
@@ -525,6 +542,9 @@ class SlurmScheduler:
                 found[job_id] = Live(_state(state), reason if waits and reason != "None" else None,
                                      start if waits and start[:1].isdigit() else None,
                                      _word(state))
+        running = [sid for sid, live in found.items() if live and live.state == JobState.RUNNING]
+        if not accounted and running and not self.accounting_off:
+            self.accounting_off = f"sacct knows no job, squeue shows job {running[0]} running"
         return found
 
     def cancel(self, scheduler_id: str, job_dir: Path) -> None:
