@@ -375,17 +375,18 @@ def _whole(found: Efficiency, accounting: Accounting | None, ended: float, now: 
 
 
 def measure_jobs(root: Path, scheduler: Scheduler, jobs: list[tuple[JobRecord, JobState]],
-                 now: float | None = None) -> dict[int, Efficiency]:
+                 now: float | None = None, ask: bool = True) -> dict[int, Efficiency]:
     """The figures of each job by id: those kept in finished jobs' folders as they are; the
-    others measured with one accounting query for all of them, and kept once whole. Never
-    raises for a damaged folder or an accounting that cannot be read."""
+    others measured with one accounting query for all of them, and kept once whole (only those
+    kept, without `ask`: the scheduler is not to be asked now). Never raises for a damaged
+    folder or an accounting that cannot be read."""
     now = time.time() if now is None else now
     found, missing = {}, []
     for record, state in jobs:
         kept = cached(root / record.job_dir, record.scheduler_id) if state.final else None
         if kept is not None:
             found[record.id] = kept
-        else:
+        elif ask:
             missing.append((record, state))
     ids = [r.scheduler_id for r, _ in missing if r.scheduler_id]
     accounts, unaccounted = {}, None

@@ -350,10 +350,12 @@ class ClusterSide:
                 row.warnings = ([damaged] if damaged else []) + warnings
                 row.warnings += self._notify(record, state, failing)
                 report.rows.append(row)
-            self._add_efficiency(records, report.rows)
+            # an efficiency not yet kept costs a sacct: only when Slurm is asked anyway
+            self._add_efficiency(records, report.rows, ask=answers.asked or not asked)
             return report
 
-    def _add_efficiency(self, records: list[JobRecord], rows: list[JobStatus]) -> None:
+    def _add_efficiency(self, records: list[JobRecord], rows: list[JobStatus],
+                        ask: bool = True) -> None:
         """Finished jobs' rows carry their efficiency: as kept in their folders, else measured
         with one accounting query for all of them (cluster/efficiency.py)."""
         finished = [(record, JobState(row.state)) for record, row in zip(records, rows)
@@ -361,7 +363,7 @@ class ClusterSide:
         if not finished:
             return
         found = efficiency.measure_jobs(self.root, scheduler_for(self.executor, self.root),
-                                        finished)
+                                        finished, ask=ask)
         for row in rows:
             if row.id in found:
                 row.efficiency = found[row.id].to_json()

@@ -45,6 +45,9 @@ class FakeSlurm:
         self.calls.append(("states", list(ids)))
         return {sid: self.live.get(sid) for sid in ids}
 
+    shared = False  # asked at every status: no polling.json (cluster/polling.py)
+    accounting_off = None
+
     def accounting(self, ids):  # no accounting: the efficiency report uses the job's events
         return {}
 

@@ -343,6 +343,9 @@ class FakeSlurm:
     def states(self, ids):
         return {i: Live(JobState.PENDING) for i in ids}
 
+    shared = False  # asked at every status: no polling.json (cluster/polling.py)
+    accounting_off = None
+
     def accounting(self, ids):
         return {}
 

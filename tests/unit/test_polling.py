@@ -35,6 +35,9 @@ class FakeSlurm:
         self.queries: list[list[str]] = []
         self.during = None  # called inside the query: what happens while Slurm is asked
 
+    def accounting(self, scheduler_ids):  # none: the efficiency report uses the events
+        return {}
+
     def states(self, scheduler_ids):
         self.queries.append(sorted(scheduler_ids))
         if self.during:
