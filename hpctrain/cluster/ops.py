@@ -321,7 +321,8 @@ class ClusterSide:
             failing: dict = {}  # webhooks that failed in this pass: not tried again in it
             jobs = [(record, *self._read_job(record)) for record in records]
             # one query for every job, every stage of a chained job included
-            asked = {sid: progress for record, progress, *_ in jobs for sid in _to_ask(record)}
+            asked = {sid: _asking(record, progress) for record, progress, *_ in jobs
+                     for sid in _to_ask(record)}
             answers = self._ask_scheduler(asked)
             report.warnings += answers.warnings
             for record, progress, damage, warnings in jobs:
@@ -755,6 +756,15 @@ def _to_ask(record: JobRecord) -> list[str]:
     if record.stages:
         return [stage.scheduler_id for stage in record.stages if not stage.settled]
     return [record.scheduler_id] if not record.state.final and record.scheduler_id else []
+
+
+def _asking(record: JobRecord, progress: events.Progress) -> events.Progress:
+    """What the scheduler's throttle is told of a job's events. It never asks about a job whose
+    events say it ended, but a chained job's stages are asked about until they settle (a
+    training left queued, the last stage's final word)."""
+    if record.stages and progress.state in polling.ENDED:
+        return events.Progress()
+    return progress
 
 
 def _stage_at(stages: tuple[Stage, ...], nows: list[JobState | None],
