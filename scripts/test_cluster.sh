@@ -231,6 +231,8 @@ mount_quota_fs() {
     if ! mountpoint -q "$dir"; then
         mount -t tmpfs -o "size=$QUOTA_SIZE,mode=0755" hpctrain-quota "$dir"
     fi
+    # Test scratch only: what an interrupted run left there would fill it before the tests start.
+    find "$dir" -mindepth 1 -maxdepth 1 -name 'hpctrain-quota-*' -exec rm -rf {} +
     chown "$CLUSTER_USER:" "$dir"
 }
 
