@@ -288,8 +288,10 @@ def add_job(root: Path, state: JobState, scheduler_id: str, job_events: list[dic
     return job_dir
 
 
-ENDED = [{"event": "start", "t": time.time() - 30}, {"event": "end", "t": time.time() - 10,
-                                                      "exit_code": 0}]
+def ended() -> list[dict]:
+    """A job that ended 10 s ago: now, not at import (the whole suite may run between them)."""
+    now = time.time()
+    return [{"event": "start", "t": now - 30}, {"event": "end", "t": now - 10, "exit_code": 0}]
 
 
 @pytest.fixture
@@ -302,7 +304,7 @@ def slurm_side(tmp_path):
 def test_status_measures_finished_jobs_in_one_query_and_keeps_the_figures(slurm_side,
                                                                           sacct_stub):
     calls = sacct_stub(REAL)
-    dirs = [add_job(slurm_side.root, JobState.COMPLETED, sid, ENDED) for sid in ("133", "141")]
+    dirs = [add_job(slurm_side.root, JobState.COMPLETED, sid, ended()) for sid in ("133", "141")]
     rows = slurm_side.status().rows
     assert len(calls()) == 1
     assert [r.efficiency["cpu_efficiency"] for r in rows] == pytest.approx(
@@ -318,8 +320,8 @@ def test_status_measures_finished_jobs_in_one_query_and_keeps_the_figures(slurm_
 def test_figures_are_not_kept_while_accounting_lags_or_the_events_are_damaged(slurm_side,
                                                                              sacct_stub):
     calls = sacct_stub(RUNNING.replace("9002", "7") + REAL)
-    lagging = add_job(slurm_side.root, JobState.COMPLETED, "7", ENDED)
-    damaged = add_job(slurm_side.root, JobState.COMPLETED, "133", ENDED)
+    lagging = add_job(slurm_side.root, JobState.COMPLETED, "7", ended())
+    damaged = add_job(slurm_side.root, JobState.COMPLETED, "133", ended())
     with open(damaged / "events.jsonl", "ab") as handle:
         handle.write(b"not json\n")
     rows = slurm_side.status().rows
@@ -336,7 +338,7 @@ def test_a_job_slurm_never_recorded_is_kept_once_accounting_had_time(slurm_side,
     long_ago = [{"event": "start", "t": 1000.0}, {"event": "end", "t": 1060.0, "exit_code": 0},
                 {"event": "rusage", "t": 1060.0, "cpu_seconds": 30, "max_rss": M,
                  "wall_seconds": 60}]
-    recent = add_job(slurm_side.root, JobState.COMPLETED, "5", ENDED)
+    recent = add_job(slurm_side.root, JobState.COMPLETED, "5", ended())
     old = add_job(slurm_side.root, JobState.COMPLETED, "6", long_ago)
     rows = slurm_side.status().rows
     assert "no record of this job" in rows[1].efficiency["notes"][0]
@@ -349,7 +351,7 @@ def test_sacct_failing_never_fails_status(slurm_side, tmp_path, monkeypatch):
     script.write_text("#!/bin/sh\necho 'Slurm accounting storage is disabled' >&2\nexit 1\n")
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    job_dir = add_job(slurm_side.root, JobState.COMPLETED, "5", ENDED)
+    job_dir = add_job(slurm_side.root, JobState.COMPLETED, "5", ended())
     [row] = slurm_side.status().rows
     assert "accounting storage is disabled" in row.efficiency["notes"][0]
     assert not (job_dir / "efficiency.json").exists()
@@ -358,8 +360,8 @@ def test_sacct_failing_never_fails_status(slurm_side, tmp_path, monkeypatch):
 def test_a_missing_folder_is_not_made_again_and_a_newer_file_not_replaced(slurm_side,
                                                                            sacct_stub):
     sacct_stub(REAL)
-    gone = add_job(slurm_side.root, JobState.COMPLETED, "133", ENDED)
-    newer = add_job(slurm_side.root, JobState.COMPLETED, "141", ENDED)
+    gone = add_job(slurm_side.root, JobState.COMPLETED, "133", ended())
+    newer = add_job(slurm_side.root, JobState.COMPLETED, "141", ended())
     gone.rename(gone.with_name("moved"))
     (newer / "efficiency.json").write_text('{"format": 99}')
     rows = slurm_side.status().rows
