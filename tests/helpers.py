@@ -215,6 +215,19 @@ def slurm_over_ssh(workspace: Path, cluster: dict) -> Path:
     return workspace
 
 
+def remote_demo(tmp_path, cluster: dict, root_name: str, resources: dict) -> tuple[Cli, Path]:
+    """A workspace whose SSH profile submits to the test cluster's Slurm, set up, with project
+    Demo (12 generated pages, `resources`) pushed: (its Cli, its folder)."""
+    ws = slurm_over_ssh(ssh_workspace(tmp_path, cluster, root_name), cluster)
+    cli = Cli(ws)
+    for step in (("init", str(ws)), ("setup",), ("project", "new", "Demo")):
+        assert cli(*step).exit_code == 0, step
+    sample_gt.generate(ws / "ground_truth" / "Demo", pages=12, lines=4)
+    set_project(ws, "Demo", resources=resources)
+    assert cli("push", "Demo").exit_code == 0
+    return cli, ws
+
+
 def use_slurm(workspace: Path) -> None:
     """Switch the workspace's local profile to the test cluster's Slurm (login-node mode)."""
     if subprocess.run(["scontrol", "ping"], capture_output=True).returncode:

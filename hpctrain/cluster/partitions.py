@@ -309,24 +309,26 @@ def why_not(partition: Partition, user: User) -> str | None:
                 f"{', '.join(partition.allow_groups)} and yours are "
                 f"{', '.join(user.groups) or 'none'}; choose another partition")
     if user.accounts:
-        mine = set(user.accounts)
-        if partition.allow_accounts is not None and not mine & set(partition.allow_accounts):
-            return (f"you ({user.name}) may not use partition {name}: it allows the accounts "
-                    f"{', '.join(partition.allow_accounts)} and yours are "
-                    f"{', '.join(user.accounts)}; choose another partition or ask for an "
-                    "account there")
-        if partition.deny_accounts and mine <= set(partition.deny_accounts):
-            return (f"you ({user.name}) may not use partition {name}: it denies your accounts "
-                    f"{', '.join(user.accounts)}; choose another partition")
+        refused = _refused(name, user, "accounts", user.accounts, partition.allow_accounts,
+                           partition.deny_accounts, " or ask for an account there")
+        if refused:
+            return refused
     if user.qos:
-        mine = set(user.qos)
-        if partition.allow_qos is not None and not mine & set(partition.allow_qos):
-            return (f"you ({user.name}) may not use partition {name}: it allows the QOS "
-                    f"{', '.join(partition.allow_qos)} and yours are {', '.join(user.qos)}; "
-                    "choose another partition")
-        if partition.deny_qos and mine <= set(partition.deny_qos):
-            return (f"you ({user.name}) may not use partition {name}: it denies your QOS "
-                    f"{', '.join(user.qos)}; choose another partition")
+        return _refused(name, user, "QOS", user.qos, partition.allow_qos, partition.deny_qos)
+    return None
+
+
+def _refused(name: str, user: User, what: str, mine, allowed, denied,
+             ask: str = "") -> str | None:
+    """Why an Allow*/Deny* list of the partition refuses all of the user's `what` (accounts,
+    QOS), or None."""
+    if allowed is not None and not set(mine) & set(allowed):
+        return (f"you ({user.name}) may not use partition {name}: it allows the {what} "
+                f"{', '.join(allowed)} and yours are {', '.join(mine)}; choose another "
+                f"partition{ask}")
+    if denied and set(mine) <= set(denied):
+        return (f"you ({user.name}) may not use partition {name}: it denies your {what} "
+                f"{', '.join(mine)}; choose another partition")
     return None
 
 

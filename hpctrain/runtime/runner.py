@@ -170,20 +170,11 @@ def read_settings(job_dir: Path) -> dict:
     return settings
 
 
-def _quiet_settings(job_dir: Path) -> dict:
-    """job.json's settings, or none if it cannot be read now (the job runs all the same)."""
-    try:
-        return read_settings(job_dir)
-    except ValueError:
-        return {}
-
-
-def _parser(job_dir: Path) -> LogParser:
-    """A log parser with the job's chosen metric, alerts and bound on epochs (job.json, written
-    at submission)."""
+def _parser(settings: dict) -> LogParser:
+    """A log parser with the job's chosen metric, alerts and bound on epochs (job.json's
+    settings, written at submission)."""
     from .alerts import Alert
 
-    settings = read_settings(job_dir)
     try:
         alerts = [Alert(**a) for a in settings.get("alerts", [])]
     except (TypeError, ValueError) as e:
@@ -284,9 +275,11 @@ class JobRunner:
         # a job's `module load` or venv activation still prepends its own.
         path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
         env = dict(os.environ, PATH=path, COLUMNS="250", PYTHONUNBUFFERED="1")
+        settings: dict = {}  # a job.json that cannot be read: no webhook either
         try:
-            parser, settings_error = _parser(job_dir), None
-            gpu_seconds = gpu.interval(read_settings(job_dir))
+            settings = read_settings(job_dir)
+            parser, settings_error = _parser(settings), None
+            gpu_seconds = gpu.interval(settings)
         except ValueError as e:
             parser, gpu_seconds = None, 0.0
             settings_error = f"{SETTINGS} {e}: submit the job again"
@@ -302,7 +295,7 @@ class JobRunner:
         reserve = hold_reserve(job_dir)
         try:
             code, error, best = self._watch(job_dir, env, parser, settings_error, reported_model,
-                                            reserve, gpu_seconds)
+                                            reserve, gpu_seconds, settings)
         finally:
             if reserve is not None:
                 reserve.unlink(missing_ok=True)
@@ -312,7 +305,8 @@ class JobRunner:
 
     def _watch(self, job_dir: Path, env: dict, parser, settings_error: str | None,
                reported_model: str | None, reserve: Path | None,
-               gpu_seconds: float = gpu.DEFAULT_SECONDS) -> tuple[int, str | None, str]:
+               gpu_seconds: float = gpu.DEFAULT_SECONDS,
+               settings: dict | None = None) -> tuple[int, str | None, str]:
         """Run the script, keep its log and events; (exit code, error line, best model)."""
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         with Sink(job_dir / LOG) as raw, Sink(job_dir / EVENTS) as sink:
@@ -322,7 +316,7 @@ class JobRunner:
             if settings_error:
                 events.append(sink, {"event": "end", "exit_code": 1, "error": settings_error})
                 raise JobFailed(settings_error)
-            notifier = notify.FromNode(job_dir, _quiet_settings(job_dir))
+            notifier = notify.FromNode(job_dir, settings or {})
             before, started = _children_usage(), time.monotonic()
             process = subprocess.Popen(
                 ["bash", str(job_dir / self.script)],

@@ -7,15 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import (
-    Cli,
-    checksums,
-    one_line_error,
-    sample_gt,
-    set_project,
-    slurm_over_ssh,
-    ssh_workspace,
-)
+from helpers import checksums, one_line_error, remote_demo
 
 pytestmark = pytest.mark.integration
 
@@ -23,14 +15,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def remote(tmp_path, cluster, remote_root):
     name, path = remote_root
-    ws = ssh_workspace(tmp_path, cluster, name)
-    slurm_over_ssh(ws, cluster)
-    cli = Cli(ws)
-    for step in (("init", str(ws)), ("setup",), ("project", "new", "Demo")):
-        assert cli(*step).exit_code == 0, step
-    sample_gt.generate(ws / "ground_truth" / "Demo", pages=12, lines=4)
-    set_project(ws, "Demo", resources={"cpus": 2, "time": "00:20:00"})
-    assert cli("push", "Demo").exit_code == 0
+    cli, ws = remote_demo(tmp_path, cluster, name, {"cpus": 2, "time": "00:20:00"})
     return cli, ws, path
 
 

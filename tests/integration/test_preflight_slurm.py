@@ -9,15 +9,7 @@ import json
 import subprocess
 
 import pytest
-from helpers import (
-    Cli,
-    one_line_error,
-    sample_gt,
-    set_project,
-    slurm_over_ssh,
-    ssh_workspace,
-    use_slurm,
-)
+from helpers import one_line_error, remote_demo, set_project, use_slurm
 
 pytestmark = pytest.mark.integration
 
@@ -110,15 +102,7 @@ def test_partitions_lists_the_limits(slurm_cli):
 
 @pytest.fixture
 def over_ssh(tmp_path, cluster, remote_root):
-    name, _path = remote_root
-    ws = ssh_workspace(tmp_path, cluster, name)
-    slurm_over_ssh(ws, cluster)
-    cli = Cli(ws)
-    for step in (("init", str(ws)), ("setup",), ("project", "new", "Demo")):
-        assert cli(*step).exit_code == 0, step
-    sample_gt.generate(ws / "ground_truth" / "Demo", pages=12, lines=4)
-    set_project(ws, "Demo", resources={"cpus": 1, "time": "00:10:00"})
-    assert cli("push", "Demo").exit_code == 0
+    cli, _ws = remote_demo(tmp_path, cluster, remote_root[0], {"cpus": 1, "time": "00:10:00"})
     return cli, cluster["HPCTRAIN_TEST_USER"]
 
 

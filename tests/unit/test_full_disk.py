@@ -92,11 +92,13 @@ def pushed_old(cli, workspace, root) -> dict[str, str]:
     return checksums(root)
 
 
-def test_a_push_that_fills_the_disk_is_one_line_and_damages_nothing(cli, workspace, root):
+def push_until_full(cli, workspace, root) -> dict[str, str]:
+    """Push 24 pages of 160 kB (3.8 MB, more than is left) after project Old: one line naming
+    the file and what 'clean Old' would free; no file that was there changed, and what arrived
+    is whole. Returns what arrived (path -> checksum)."""
     before = pushed_old(cli, workspace, root)
     local = workspace / "ground_truth" / "Big"
-    make_big_pages(local, 24, side=400)  # 24 pages of 160 kB: 3.8 MB, more than is left
-
+    make_big_pages(local, 24, side=400)
     line = one_line_error(
         cli("push", "Big"),
         "the cluster's disk is full (no space left on device) while writing Ground_Truth/Big/",
@@ -107,9 +109,14 @@ def test_a_push_that_fills_the_disk_is_one_line_and_damages_nothing(cli, workspa
     after = checksums(root)
     assert {k: after.get(k) for k in before} == before, "a file that was there changed"
     arrived = {k: v for k, v in after.items() if k.startswith("Ground_Truth/Big/")}
-    assert 0 < len(arrived) < 48
     expected = checksums(local)
     assert all(expected[k.split("/", 2)[2]] == v for k, v in arrived.items()), "a partial file"
+    return arrived
+
+
+def test_a_push_that_fills_the_disk_is_one_line_and_damages_nothing(cli, workspace, root):
+    arrived = push_until_full(cli, workspace, root)
+    assert 0 < len(arrived) < 48
     assert parts(root) == []
 
 
@@ -338,21 +345,7 @@ def test_a_push_over_ssh_that_fills_the_disk_is_one_line_and_damages_nothing(
     cli, workspace, ssh_root
 ):
     root = ssh_root
-    before = pushed_old(cli, workspace, root)
-    local = workspace / "ground_truth" / "Big"
-    make_big_pages(local, 24, side=400)
-    line = one_line_error(
-        cli("push", "Big"),
-        "the cluster's disk is full (no space left on device) while writing Ground_Truth/Big/",
-        f" to {root}; 'hpctrain clean Old' would free {size_text(180_000)} of compiled data "
-        "and logs",
-    )
-    assert line.split("while writing ")[1].split(" ")[0].endswith(".png")
-    after = checksums(root)
-    assert {k: after.get(k) for k in before} == before, "a file that was there changed"
-    arrived = {k: v for k, v in after.items() if k.startswith("Ground_Truth/Big/")}
-    expected = checksums(local)
-    assert all(expected[k.split("/", 2)[2]] == v for k, v in arrived.items()), "a partial file"
+    push_until_full(cli, workspace, root)
     assert parts(root) == [] and not [p for p in root.rglob(".*") if p.is_file()]
 
 

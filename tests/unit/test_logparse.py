@@ -262,7 +262,7 @@ def test_total_epochs_from_the_job_when_ketos_shows_none(tmp_path, monkeypatch, 
     from hpctrain.cluster.ops import ClusterSide
     from hpctrain.core.config import Tree
     from hpctrain.jobs.requests import JobRequest, Resources, Split, TrainParams
-    from hpctrain.runtime.runner import _parser
+    from hpctrain.runtime.runner import _parser, read_settings
 
     class Queued:  # queues nothing: the job folder is what this test reads
         def __init__(self, root):
@@ -283,6 +283,6 @@ def test_total_epochs_from_the_job_when_ketos_shows_none(tmp_path, monkeypatch, 
                          split=Split(), resources=Resources(), device="cpu",
                          kraken_version="4.3.13")
     job = side.submit(request).job
-    parser = _parser(side.root / job.job_dir)
+    parser = _parser(read_settings(side.root / job.job_dir))
     epoch = parser.feed("stage 0/∞ ━━━━ 48/48 0:00:01 • 0:00:00 34.42it/s val_accuracy: 0.5\n")
     assert [(e["epoch"], e["total"]) for e in epoch if e["event"] == "epoch"] == [(1, expected)]
