@@ -20,10 +20,21 @@ from ..core.names import check_name
 def status(
     workspace: Workspace, job_ids: list[int] | None = None, project: str | None = None
 ) -> StatusReport:
+    """Rows of the jobs named (a sweep's id: each of its tasks), else of every job (of
+    `project`)."""
+    from .sweep import expand_rows
+
     if project:
         check_name(project, "project name")
     with connect(workspace) as transport:
-        return transport.cluster.status(job_ids, project)
+        report = transport.cluster.status(job_ids, project)
+        if not job_ids or not any(row.sweep == row.id for row in report.rows):
+            return report
+        # a sweep's id opens into its tasks
+        every = transport.cluster.status()
+        by_id = {row.id: row for row in every.rows}
+        return StatusReport([by_id[i] for i in expand_rows(every.rows, list(job_ids))],
+                            every.warnings)
 
 
 def poll_interval() -> float:

@@ -43,6 +43,26 @@ def submit(
 ) -> Submitted:
     """Submit a kraken job of project `name` (None: the current project). With `preflight`
     (Slurm), the cluster side first checks it against its partition (cluster/partitions.py)."""
+    request, notes = kraken_request(workspace, kind, name, base, no_base, resources, preflight)
+    with connect(workspace) as transport, full_disk_advice(transport, request.project):
+        if request.base:
+            request, sent = _base_on_the_cluster(workspace, transport, request, dry_run)
+            notes += sent
+        done = transport.cluster.submit(request, dry_run=dry_run)
+    return Submitted(done.job, done.script, done.job_dir, tuple(notes), done.compile_script)
+
+
+def kraken_request(
+    workspace: Workspace,
+    kind: str,
+    name: str | None,
+    base: str | None = None,
+    no_base: bool = False,
+    resources: dict | None = None,
+    preflight: bool = True,
+) -> tuple[JobRequest, list[str]]:
+    """The request of a kraken job of project `name` (None: the current project), from the
+    project file, the profile and the flags; and what was chosen on the way (notes)."""
     name, why = current_project(workspace, name)
     notes = [f"project {name} ({why})"] if why else []
     project = load_project(workspace, name)
@@ -71,12 +91,13 @@ def submit(
         alerts=tuple(a.to_json() for a in project.alerts), preflight=preflight,
         notify=_notify(project.notify, workspace),
     )
-    with connect(workspace) as transport, full_disk_advice(transport, project.name):
-        if request.base:
-            request, sent = _base_on_the_cluster(workspace, transport, request, dry_run)
-            notes += sent
-        done = transport.cluster.submit(request, dry_run=dry_run)
-    return Submitted(done.job, done.script, done.job_dir, tuple(notes), done.compile_script)
+    return request, notes
+
+
+def base_on_the_cluster(workspace: Workspace, transport, request: JobRequest,
+                        dry_run: bool) -> tuple[JobRequest, list[str]]:
+    """What `submit` does with a base model only here (for `sweep`)."""
+    return _base_on_the_cluster(workspace, transport, request, dry_run)
 
 
 def _base_on_the_cluster(workspace: Workspace, transport, request: JobRequest,
@@ -160,6 +181,27 @@ def submit_torchrun(
 ) -> Submitted:
     """Submit SCRIPT (a local .py file, a module with `module`, or hpctrain.trainer) as a
     torchrun DDP job. With `project`, its project file gives resources and alerts; flags win."""
+    request = torchrun_request(workspace, script, args, project, module, nproc_per_node,
+                               resources, environment, monitor, resume_from, preflight)
+    with connect(workspace) as transport, full_disk_advice(transport, request.project):
+        done = transport.cluster.submit_torchrun(request, dry_run=dry_run)
+    return Submitted(done.job, done.script, done.job_dir)
+
+
+def torchrun_request(
+    workspace: Workspace,
+    script: str,
+    args: tuple[str, ...] = (),
+    project: str | None = None,
+    module: bool = False,
+    nproc_per_node: int | None = None,
+    resources: dict | None = None,
+    environment: dict | None = None,
+    monitor: str = "val_auc",
+    resume_from: int | None = None,
+    preflight: bool = True,
+) -> TorchrunRequest:
+    """The request of a torchrun job (see `submit_torchrun`)."""
     target, text = _torchrun_target(script, module)
     if project:
         loaded = load_project(workspace, project)
@@ -169,7 +211,7 @@ def submit_torchrun(
     resources = _job_resources(workspace, base, resources or {})
     environment = {k: v for k, v in (environment or {}).items() if v}
     profile = workspace.profile
-    request = TorchrunRequest(
+    return TorchrunRequest(
         project=project,
         target=target,
         script_text=text,
@@ -186,9 +228,6 @@ def submit_torchrun(
         preflight=preflight,
         notify=_notify(notify, workspace),
     )
-    with connect(workspace) as transport, full_disk_advice(transport, project):
-        done = transport.cluster.submit_torchrun(request, dry_run=dry_run)
-    return Submitted(done.job, done.script, done.job_dir)
 
 
 def _torchrun_target(script: str, module: bool) -> tuple[str, str | None]:

@@ -19,6 +19,7 @@ from ..cluster.api import (
     JobStatus,
     StatusReport,
     Submission,
+    SweepSubmission,
     Usage,
     operations,
 )
@@ -33,6 +34,7 @@ from ..jobs.requests import (
     job_request_from_json,
     torchrun_request_from_json,
 )
+from ..jobs.sweep import SweepRequest
 
 REMOTE_HOME = ".hpctrain"
 REMOTE_HPCTRAIN = f"{REMOTE_HOME}/venv/bin/hpctrain"
@@ -40,6 +42,7 @@ REMOTE_HPCTRAIN = f"{REMOTE_HOME}/venv/bin/hpctrain"
 DECODERS = {
     "submit": {"request": job_request_from_json},
     "submit_torchrun": {"request": torchrun_request_from_json},
+    "submit_sweep": {"sweep": SweepRequest.from_json},
 }
 
 
@@ -51,7 +54,7 @@ def _encode(result):
             "job_dir": result.job_dir,
             "compile_script": result.compile_script,
         }
-    if isinstance(result, JobReport):
+    if isinstance(result, (JobReport, SweepSubmission)):
         return result.to_json()
     if isinstance(result, (JobStatus, FetchPlan, StatusReport, Usage, Partition)):
         return asdict(result)
@@ -158,6 +161,10 @@ class RemoteCluster:
             self._call("submit_torchrun", request=request.to_json(), dry_run=dry_run)
         )
 
+    def submit_sweep(self, sweep: SweepRequest, dry_run: bool = False) -> SweepSubmission:
+        return SweepSubmission.from_json(
+            self._call("submit_sweep", sweep=sweep.to_json(), dry_run=dry_run))
+
     def status(
         self, job_ids: list[int] | None = None, project: str | None = None
     ) -> StatusReport:
@@ -176,6 +183,9 @@ class RemoteCluster:
 
     def cancel(self, job_id: int) -> JobStatus:
         return JobStatus(**self._call("cancel", job_id=int(job_id)))
+
+    def cancel_sweep(self, sweep_id: int) -> list[JobStatus]:
+        return [JobStatus(**row) for row in self._call("cancel_sweep", sweep_id=int(sweep_id))]
 
     def fetch_plan(self, target: str) -> FetchPlan:
         data = self._call("fetch_plan", target=target)

@@ -28,19 +28,26 @@ def _epoch(row) -> str:
 @main.command()
 @click.argument("job_ids", nargs=-1, metavar="[JOB]...")
 @click.option("--project", "project_name", help="Only this project's jobs.")
+@click.option("--tasks", is_flag=True, help="Show each job of a sweep, not one row per sweep.")
 @json_option
 @click.pass_context
-def status(ctx, job_ids, project_name, as_json):
+def status(ctx, job_ids, project_name, tasks, as_json):
     """One table of jobs: id, kind, project, base, state, elapsed, epoch, best metric.
+
+    A sweep is one row (its jobs' states counted, its best job); 'hpctrain status SWEEP'
+    shows its jobs, each with its values. --json always lists every job, a sweep's with
+    "sweep" and "sweep_values".
 
     \b
     Examples:
       hpctrain status
       hpctrain status 3 --json
+      hpctrain status 12          # the jobs of sweep 12
     """
     from tabulate import tabulate
 
     from ..app.follow import status as get_status
+    from ..app.sweep import group_rows
     from ..core.names import check_job_id
 
     report = get_status(
@@ -55,27 +62,12 @@ def status(ctx, job_ids, project_name, as_json):
         click.echo("no jobs yet: 'hpctrain submit --help' shows how to start one")
         warn(report.warnings)
         return
-    table = [
-        [
-            r.id,
-            r.kind,
-            r.project,
-            r.base or "",
-            r.state + (" !" if r.alerts else ""),
-            _elapsed(r.elapsed),
-            _epoch(r),
-            metric(r.best_metric, r.best_value),
-            f"{r.test['char_accuracy']:.2%}" if "char_accuracy" in r.test else "",
-        ]
-        for r in rows
-    ]
-    click.echo(
-        tabulate(
-            table,
-            headers=["job", "kind", "project", "base", "state", "elapsed", "epoch", "best", "test"],
-        )
-    )
-    for r in rows:
+    shown = rows if job_ids or tasks else group_rows(rows)
+    with_values = any(getattr(r, "sweep_values", None) for r in shown)
+    headers = ["job", "kind", "project", "base", "state", "elapsed", "epoch", "best", "test"]
+    click.echo(tabulate([_table_row(r, with_values) for r in shown],
+                        headers=headers + (["values"] if with_values else [])))
+    for r in rows if job_ids or tasks else [r for r in rows if r.sweep is None]:
         if _stage_words(r):
             click.echo(f"job {r.id}: {_stage_words(r)} ({_stage_ids(r)})")
         if r.error and r.state == "FAILED":
@@ -84,7 +76,41 @@ def status(ctx, job_ids, project_name, as_json):
             click.echo(f"job {r.id}: {_why_waiting(r)}")
         for message in r.alerts:
             click.echo(f"job {r.id}: ALERT {message}")
+    for r in shown:
+        if hasattr(r, "tasks"):
+            click.echo(f"sweep {r.id}: {_sweep_words(r)}")
     warn(_warnings(rows) + report.warnings)  # after the table: the other rows are whole
+
+
+def _table_row(r, with_values: bool) -> list:
+    """One line of the status table: a job's, or a sweep's (SweepRow) summed up."""
+    from ..app.sweep import values_text
+
+    if hasattr(r, "tasks"):
+        best = r.best
+        cells = [f"{r.id} (sweep)", r.kind, r.project, r.base or "", r.state, "", "",
+                 f"job {best.id}: {metric(best.best_metric, best.best_value)}" if best else "",
+                 _test(best) if best else ""]
+        return cells + ([f"{len(r.tasks)} jobs"] if with_values else [])
+    cells = [r.id, r.kind, r.project, r.base or "", r.state + (" !" if r.alerts else ""),
+             _elapsed(r.elapsed), _epoch(r), metric(r.best_metric, r.best_value), _test(r)]
+    return cells + ([values_text(r.sweep_values)] if with_values else [])
+
+
+def _test(row) -> str:
+    return f"{row.test['char_accuracy']:.2%}" if "char_accuracy" in row.test else ""
+
+
+def _sweep_words(row) -> str:
+    """A sweep under the table: its jobs, where its best is, how to open it."""
+    from ..app.sweep import values_text
+
+    first, last = row.tasks[0].id, row.tasks[-1].id
+    best = row.best
+    words = f"jobs {first}-{last}" if first != last else f"job {first}"
+    if best:
+        words += f"; best so far job {best.id} ({values_text(best.sweep_values)})"
+    return words + f"; 'hpctrain status {row.id}' shows each"
 
 
 def _warnings(rows) -> list[str]:
@@ -260,23 +286,34 @@ class LiveLine:
 @main.command()
 @json_option
 @click.argument("job_id", metavar="JOB")
+@click.option("--sweep", "whole_sweep", is_flag=True,
+              help="JOB is a sweep's id: cancel all its jobs (the whole Slurm array).")
 @click.pass_context
-def cancel(ctx, job_id, as_json):
-    """Cancel a pending or running job.
+def cancel(ctx, job_id, whole_sweep, as_json):
+    """Cancel a pending or running job, or with --sweep every job of a sweep.
+
+    Without --sweep, only the job named is cancelled, even the first job of a sweep (whose id
+    is the sweep's).
 
     \b
-    Example:
+    Examples:
       hpctrain cancel 3
+      hpctrain cancel 12 --sweep     # all jobs of sweep 12: scancel of its array
     """
     from ..app.follow import cancel as do_cancel
+    from ..app.sweep import cancel_sweep
     from ..core.names import check_job_id
 
-    row = do_cancel(workspace_of(ctx), check_job_id(job_id))
-    warn(_warnings([row]))
-    if as_json:
-        print_json(row.to_json())
+    if whole_sweep:
+        rows = cancel_sweep(workspace_of(ctx), check_job_id(job_id))
     else:
-        click.echo(f"job {row.id} {row.state}")
+        rows = [do_cancel(workspace_of(ctx), check_job_id(job_id))]
+    warn(_warnings(rows))
+    if as_json:
+        print_json([r.to_json() for r in rows] if whole_sweep else rows[0].to_json())
+    else:
+        for row in rows:
+            click.echo(f"job {row.id} {row.state}")
 
 
 @main.group()

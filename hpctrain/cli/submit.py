@@ -316,3 +316,150 @@ def partitions(ctx, refresh, as_json):
         for partition in report.partitions:
             if partition.why_not and not partition.hidden:
                 click.echo(f"{partition.name}: {partition.why_not}")
+
+
+# -- sweep --------------------------------------------------------------------------------
+set_option = click.option(
+    "--set", "sets", multiple=True, metavar="KEY=V1,V2",
+    help="Values to sweep, comma-separated (repeatable): the grid is every combination.")
+max_parallel_option = click.option(
+    "--max-parallel", type=click.IntRange(min=1),
+    help="At most N tasks run at once (Slurm's --array=...%N).")
+
+
+@main.group()
+def sweep():
+    """Train once per combination of values, as one Slurm job array.
+
+    Each combination is one ordinary job (its own id, folder and events), and every job uses
+    the same split of the pages. The sweep's id is its first job's: 'hpctrain status' shows the
+    sweep as one row, 'hpctrain status SWEEP' its jobs, 'hpctrain cancel SWEEP --sweep' cancels
+    the whole array.
+
+    \b
+    Examples:
+      hpctrain sweep transcription Projet_A --base tridis_v2 \\
+          --set learning_rate=1e-4,3e-4,1e-3 --set augment=true,false --max-parallel 2
+      hpctrain sweep torchrun train.py --gpus-per-node 1 --set lr=0.1,0.01 -- --epochs 5
+    """
+
+
+def _sweep_command(kind: str, example: str):
+    @click.argument("project_name", metavar="[PROJECT]", required=False)
+    @set_option
+    @max_parallel_option
+    @click.option("--base", help="Base model name (default: the project's).")
+    @click.option("--no-base", is_flag=True, help="Train from scratch with the project's spec.")
+    @click.option("--partition", help="Slurm partition.")
+    @click.option("--time", "time_limit", help="Wall-clock limit of each job, e.g. 05:00:00.")
+    @click.option("--gpus", type=int, help="GPUs per node.")
+    @click.option("--cpus", type=int, help="CPUs per task.")
+    @click.option("--mem", help="Memory, e.g. 32G.")
+    @click.option("--constraint", help="Slurm node constraint, e.g. gputc.")
+    @click.option("--mail-user", help="E-mail for Slurm notifications.")
+    @click.option("--dry-run", is_flag=True,
+                  help="Print the array's submission file and the first job's script.")
+    @preflight_option
+    @json_option
+    @click.pass_context
+    def command(ctx, project_name, sets, max_parallel, base, no_base, partition, time_limit,
+                gpus, cpus, mem, constraint, mail_user, dry_run, no_preflight, as_json):
+        from ..app.sweep import sweep as do_sweep
+
+        resources = {"partition": partition, "time": time_limit, "gpus": gpus, "cpus": cpus,
+                     "mem": mem, "constraint": constraint, "mail_user": mail_user}
+        swept = do_sweep(workspace_of(ctx), kind, project_name, list(sets), base, no_base,
+                         resources, max_parallel, dry_run, not no_preflight)
+        _print_sweep(swept, kind, dry_run, as_json)
+
+    command.__doc__ = (
+        f"Sweep {kind} training values: one job per combination, one job array.\n\n"
+        "KEY is a training parameter of the project file (learning_rate, epochs, min_epochs,\n"
+        "early_stopping, lag, augment, optimizer, pad, resize, batch_size, seed); each value\n"
+        "is checked against its type.\n\n"
+        f"\b\nExample:\n  {example}\n")
+    return command
+
+
+sweep.command("transcription")(_sweep_command(
+    "transcription",
+    "hpctrain sweep transcription Projet_A --base tridis_v2 "
+    "--set learning_rate=1e-4,3e-4 --set augment=true,false"))
+sweep.command("segmentation")(_sweep_command(
+    "segmentation", "hpctrain sweep segmentation Projet_A --base blla --set epochs=20,50"))
+
+
+@sweep.command("torchrun")
+@click.argument("script")
+@click.argument("script_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- SCRIPT_ARGS]...")
+@set_option
+@max_parallel_option
+@click.option("--project", "project_name",
+              help="Project file for resources and alerts; also the jobs' label.")
+@click.option("--nodes", type=int, help="Nodes; one torchrun runs on each.")
+@click.option("--gpus-per-node", type=int, help="GPUs per node; one process per GPU.")
+@click.option("--nproc-per-node", type=int, help="Processes per node.")
+@click.option("--cpus-per-task", "cpus", type=int, help="CPUs per node.")
+@click.option("--time", "time_limit", help="Wall-clock limit of each job, e.g. 12:00:00.")
+@click.option("--partition", help="Slurm partition.")
+@click.option("--mem", help="Memory per node, e.g. 64G.")
+@click.option("-m", "--module", "as_module", is_flag=True,
+              help="SCRIPT is a Python module installed in the job's environment.")
+@click.option("--venv", help="Virtual environment on the cluster to activate.")
+@click.option("--load", "modules", multiple=True, help="Environment module to load.")
+@click.option("--container", help="Apptainer image on the cluster to run torchrun in.")
+@click.option("--monitor", default="val_auc", show_default=True,
+              help="Metric that picks the best epoch.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the array's submission file and the first job's script.")
+@preflight_option
+@json_option
+@click.pass_context
+def sweep_torchrun(ctx, script, script_args, sets, max_parallel, project_name, nodes,
+                   gpus_per_node, nproc_per_node, cpus, time_limit, partition, mem, as_module,
+                   venv, modules, container, monitor, dry_run, no_preflight, as_json):
+    """Sweep a torchrun script's options: each job runs SCRIPT with the arguments after --,
+    then --KEY VALUE of its combination (--set lr=0.1,0.01 gives --lr 0.1 and --lr 0.01).
+
+    \b
+    Example:
+      hpctrain sweep torchrun hpctrain.trainer --set lr=0.1,0.01 --set batch-size=32,64 \\
+          -- --data /scratch/her2 --epochs 5
+    """
+    from ..app.sweep import sweep_torchrun as do_sweep
+
+    resources = {"nodes": nodes, "gpus": gpus_per_node, "cpus": cpus, "time": time_limit,
+                 "partition": partition, "mem": mem}
+    swept = do_sweep(workspace_of(ctx), script, list(sets), script_args, project_name,
+                     as_module, nproc_per_node, resources,
+                     {"venv": venv, "modules": modules, "container": container}, monitor,
+                     max_parallel, dry_run, not no_preflight)
+    _print_sweep(swept, "torchrun", dry_run, as_json)
+
+
+def _print_sweep(swept, kind: str, dry_run: bool, as_json: bool) -> None:
+    from ..app.sweep import values_text
+
+    for note in swept.notes:
+        click.echo(note, err=True)
+    done = swept.submission
+    if as_json:
+        print_json({**done.to_json(), "sweep": swept.sweep_id, "grid": swept.grid,
+                    "dry_run": dry_run})
+        return
+    if dry_run:
+        if done.array_script:
+            click.echo(f"# ==== the array's submission file ({len(done.points)} tasks) ====\n"
+                       f"{done.array_script}", nl=False)
+        for job_dir, point in zip(done.job_dirs, done.points):
+            click.echo(f"# task {job_dir}: {values_text(point)}")
+        click.echo(f"# ==== job.sh of the first task ====\n{done.scripts[0]}", nl=False)
+        return
+    first = done.jobs[0]
+    ids = f"{first.id}-{done.jobs[-1].id}" if len(done.jobs) > 1 else str(first.id)
+    array = first.scheduler_id.split("_")[0] if first.scheduler_id else None
+    click.echo(f"submitted sweep {first.id}: {len(done.jobs)} {kind} jobs ({ids})"
+               + (f" as Slurm array {array}" if array and "_" in first.scheduler_id else "")
+               + f"; follow it with 'hpctrain status {first.id}'")
+    for job, point in zip(done.jobs, done.points):
+        click.echo(f"  job {job.id}: {values_text(point)}")

@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from ..core.errors import TransportError
 from ..jobs.requests import JobRequest, TorchrunRequest
+from ..jobs.sweep import SweepRequest
 from .efficiency import Efficiency
 from .partitions import Partition
 from .registry import JobRecord
@@ -26,6 +27,28 @@ class Submission:
     script: str
     job_dir: str
     compile_script: str | None = None  # a chained job's first stage (script: its training)
+
+
+@dataclass(frozen=True)
+class SweepSubmission:
+    """A sweep's tasks as registered (none for a dry run), each task's script and folder, and
+    the array's submission file (None for an executor without arrays)."""
+
+    jobs: tuple[JobRecord, ...]
+    scripts: tuple[str, ...]
+    job_dirs: tuple[str, ...]
+    points: tuple[dict, ...]
+    array_script: str | None = None
+
+    def to_json(self) -> dict:
+        return {"jobs": [job.to_json() for job in self.jobs], "scripts": list(self.scripts),
+                "job_dirs": list(self.job_dirs), "points": list(self.points),
+                "array_script": self.array_script}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SweepSubmission":
+        return cls(tuple(JobRecord.from_json(j) for j in data["jobs"]), tuple(data["scripts"]),
+                   tuple(data["job_dirs"]), tuple(data["points"]), data.get("array_script"))
 
 
 @dataclass
@@ -70,6 +93,8 @@ class JobStatus:
     # (state: the scheduler's for that job); [] for a job that is one scheduler job
     stages: list = field(default_factory=list)
     stage: str | None = None  # the stage a chained job is at (its state is that stage's)
+    sweep: int | None = None  # a sweep's task: the sweep's id (its first task's)
+    sweep_values: dict = field(default_factory=dict)  # a sweep's task: its --set values
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -163,6 +188,11 @@ class ClusterOps(Protocol):
         """Render, register and queue a torchrun job (or only render it)."""
         ...
 
+    def submit_sweep(self, sweep: SweepRequest, dry_run: bool = False) -> SweepSubmission:
+        """Render and register one job per grid point, all with the same split, and queue them
+        as one array (or only render them)."""
+        ...
+
     def status(
         self, job_ids: list[int] | None = None, project: str | None = None
     ) -> StatusReport:
@@ -184,7 +214,11 @@ class ClusterOps(Protocol):
         ...
 
     def cancel(self, job_id: int) -> JobStatus:
-        """Cancel a job that has not ended."""
+        """Cancel a job that has not ended (a sweep's task: that task only)."""
+        ...
+
+    def cancel_sweep(self, sweep_id: int) -> list[JobStatus]:
+        """Cancel every task of a sweep that has not ended (the whole array); their rows."""
         ...
 
     def fetch_plan(self, target: str) -> FetchPlan:

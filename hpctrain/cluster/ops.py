@@ -11,8 +11,9 @@ import os
 import secrets
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 from .. import __version__
 from ..core.config import STATE_FOLDER, Tree
@@ -45,6 +46,8 @@ from ..jobs import build, kraken
 from ..jobs.groundtruth import is_junk
 from ..jobs.requests import JobRequest, TorchrunRequest, recorded
 from ..jobs.split import split_pages
+from ..jobs.sweep import SweepRequest
+from ..jobs.sweep import with_values as sweep_values_of
 from ..runtime import events, notify
 from ..runtime.runner import RESERVE_BYTES, disk_full_error, read_settings
 from . import efficiency, polling, provenance
@@ -57,14 +60,38 @@ from .api import (
     JobStatus,
     StatusReport,
     Submission,
+    SweepSubmission,
     Usage,
     inside_job,
 )
 from .registry import JobRecord, JobState, Registry, Stage
-from .scheduler import Live, Scheduler, scheduler_for, waiting
+from .scheduler import (
+    ARRAY_SCRIPT,
+    Live,
+    Scheduler,
+    array_script,
+    directives,
+    scheduler_for,
+    time_to_minutes,
+    waiting,
+)
 
 
 LOG_CHUNK = 1 << 20  # what one read_log call returns at most
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A job checked and ready to register: its request (base model resolved), the params the
+    registry keeps, how to render its files for an id, job.json's extra settings, its chain's
+    stages, and a kraken job's split lists."""
+
+    request: JobRequest | TorchrunRequest
+    params: dict
+    render_files: Callable[[int], tuple[str, dict]]
+    settings: dict
+    stages: tuple = ()
+    split: dict | None = None
 
 
 class ClusterSide:
@@ -144,6 +171,14 @@ class ClusterSide:
         return pages
 
     def submit(self, request: JobRequest, dry_run: bool = False) -> Submission:
+        job = self._prepare_kraken(request, dry_run)
+        return self._submit(job.request, job.params, job.render_files, dry_run, job.settings,
+                            job.stages)
+
+    def _prepare_kraken(self, request: JobRequest, dry_run: bool, split: dict | None = None,
+                        chain: bool = True) -> _Prepared:
+        """A kraken job checked and ready to render: `split` (a sweep's, made once) or the
+        project's pages split now; without `chain`, compiling runs inside the job."""
         if request.kind not in build.KINDS:
             raise HpctrainError(
                 f"unknown job kind {request.kind!r}; choose one of {', '.join(build.KINDS)}"
@@ -154,13 +189,14 @@ class ClusterSide:
             request = replace(request, base_path=str(self.resolve_base(request.base)))
         dialect = kraken.resolve_dialect(request.kraken_version)
         kraken.check_params(dialect, request.kind, request.params, request.project)
-        split = split_pages(
-            self.pages(request.project),
-            request.split.train,
-            request.split.validation,
-            request.split.test,
-            request.split.seed,
-        )
+        if split is None:
+            split = split_pages(
+                self.pages(request.project),
+                request.split.train,
+                request.split.validation,
+                request.split.test,
+                request.split.seed,
+            )
         params = {
             "request": recorded(request),
             "kraken": dialect.version,
@@ -171,7 +207,8 @@ class ClusterSide:
 
         # Compiling needs no GPU: on Slurm, with a compile partition, it runs there (chained
         # before the training when the kind trains).
-        compile_apart = self.executor == "slurm" and bool(request.resources.compile_partition)
+        compile_apart = (chain and self.executor == "slurm"
+                         and bool(request.resources.compile_partition))
 
         def render_files(job_id: int) -> tuple[str, dict]:
             job_dir = str(self.root / self.job_dir_name(request.project, job_id, request.kind))
@@ -185,11 +222,16 @@ class ClusterSide:
 
         # the runner's log parser: the total of ketos' epoch lines that show none (4.3 never does)
         settings = {"epochs": kraken.epoch_bound(request)}
-        stages = build.chain_stages(request) if build.chained(request, self.executor) else ()
-        return self._submit(request, params, render_files, dry_run, settings, stages)
+        stages = (build.chain_stages(request)
+                  if chain and build.chained(request, self.executor) else ())
+        return _Prepared(request, params, render_files, settings, stages, split)
 
     def submit_torchrun(self, request: TorchrunRequest, dry_run: bool = False) -> Submission:
         """Render and submit a torchrun DDP job (see jobs/torchrun.py)."""
+        job = self._prepare_torchrun(request)
+        return self._submit(job.request, job.params, job.render_files, dry_run)
+
+    def _prepare_torchrun(self, request: TorchrunRequest) -> _Prepared:
         from ..jobs.torchrun import check_request
 
         check_request(request)
@@ -208,7 +250,116 @@ class ClusterSide:
                 request, job_id, job_dir, self.executor == "slurm", resume_from, self.template_dirs
             )
 
-        return self._submit(request, params, render_files, dry_run)
+        return _Prepared(request, params, render_files, {}, ())
+
+    # -- sweeps ---------------------------------------------------------------------------
+    def submit_sweep(self, sweep: SweepRequest, dry_run: bool = False) -> SweepSubmission:
+        """One job per grid point (jobs/sweep.py), all on the SAME split (made once, here),
+        queued as one array: Slurm's `--array`, the embedded default's tasks one after the
+        other. A kraken sweep compiles inside each task (no compile partition: a chain per task
+        would be two arrays). Nothing half-submitted stays, as for `submit`."""
+        sweep = sweep.check()
+        requests = [sweep_values_of(sweep.request, point) for point in sweep.points]
+        if sweep.torchrun:
+            prepared = [self._prepare_torchrun(requests[0])]
+            prepared += [self._prepare_torchrun(replace(r, preflight=False))
+                         for r in requests[1:]]
+        else:
+            prepared = [self._prepare_kraken(requests[0], dry_run, chain=False)]
+            prepared += [self._prepare_kraken(replace(r, preflight=False), dry_run,
+                                              prepared[0].split, chain=False)
+                         for r in requests[1:]]
+        writing = [f"the job registry ({STATE_FOLDER}/jobs)"]
+        try:
+            return self._register_array(prepared, sweep, dry_run, writing)
+        except (OSError, SchedulerError) as e:
+            reason = full_disk(e)
+            if reason:
+                raise DiskFullError.writing(reason, writing[-1], str(self.root)) from e
+            raise
+
+    def _register_array(self, prepared: list[_Prepared], sweep: SweepRequest, dry_run: bool,
+                        writing: list[str]) -> SweepSubmission:
+        first = prepared[0].request
+        time_limit = first.resources.time
+        with self.registry() as registry:
+            if dry_run:
+                start = registry.next_id()
+                rendered = [job.render_files(start + i)[0] for i, job in enumerate(prepared)]
+                dirs = [self.job_dir_name(first.project, start + i, first.kind)
+                        for i in range(len(prepared))]
+                return SweepSubmission((), tuple(rendered), tuple(dirs), sweep.points,
+                                       self._array_text(dirs, rendered[0], time_limit,
+                                                        sweep.max_parallel))
+            records: list[JobRecord] = []
+            scripts: list[str] = []
+            try:
+                for job, point in zip(prepared, sweep.points):
+                    record = registry.add(
+                        first.kind, first.project, getattr(first, "base", None),
+                        lambda i: self.job_dir_name(first.project, i, first.kind), job.params,
+                        sweep_values=point, sweep=records[0].id if records else None)
+                    records.append(record)
+                    writing.append(f"job {record.id}'s folder {record.job_dir}")
+                    script, files = job.render_files(record.id)
+                    self._write_job_folder(record, job.request, script, files, job.settings)
+                    scripts.append(script)
+                scheduler = scheduler_for(self.executor, self.root)
+                ids = scheduler.submit_array([self.root / r.job_dir for r in records],
+                                             time_limit, sweep.max_parallel)
+            except BaseException:
+                for record in reversed(records):
+                    shutil.rmtree(self.root / record.job_dir, ignore_errors=True)
+                    registry.delete(record.id)
+                raise
+            for record, scheduler_id in zip(records, ids):
+                registry.update(record.id, state=JobState.PENDING, scheduler_id=scheduler_id)
+            array = self.root / records[0].job_dir / SUBMITIT_DIR / ARRAY_SCRIPT
+            return SweepSubmission(
+                tuple(registry.get(r.id) for r in records), tuple(scripts),
+                tuple(r.job_dir for r in records), sweep.points,
+                array.read_text(encoding="utf-8") if array.is_file() else None)
+
+    def _array_text(self, dirs: list[str], script: str, time_limit: str,
+                    max_parallel: int | None) -> str | None:
+        """What a dry run shows of the array's submission file (Slurm only)."""
+        import sys
+
+        if self.executor != "slurm":
+            return None
+        minutes = max(1, int(time_to_minutes(time_limit)))
+        return array_script([str(self.root / d) for d in dirs], directives(script), minutes,
+                            max_parallel, sys.executable)
+
+    def sweep_tasks(self, registry: Registry, sweep_id: int) -> list[JobRecord]:
+        """The tasks of sweep `sweep_id`, in order; refused if that job is not a sweep."""
+        record = registry.get(sweep_id)
+        if record.sweep != record.id:
+            also = f" (it is a task of sweep {record.sweep})" if record.sweep else ""
+            raise NotFoundError(f"job {record.id} is not a sweep{also}: cancel one job with "
+                                f"'hpctrain cancel {record.id}'")
+        return [r for r in registry.all(record.project) if r.sweep == record.id]
+
+    def cancel_sweep(self, sweep_id: int) -> list[JobStatus]:
+        """Cancel the sweep's tasks that have not ended: on Slurm, one scancel of the array."""
+        with self.registry() as registry:
+            tasks = self.sweep_tasks(registry, int(sweep_id))
+            live = [r for r in tasks if not r.state.final]
+            if not live:
+                raise HpctrainError(f"the {len(tasks)} tasks of sweep {sweep_id} have all "
+                                    "ended; nothing to cancel")
+            noted = [r for r in live if self._note_cancel(r)]
+            try:
+                scheduler_for(self.executor, self.root).cancel_array(
+                    [(r.scheduler_id or "", self.root / r.job_dir) for r in live])
+            except BaseException:
+                for record in noted:
+                    notify.withdraw_cancel(self.root / record.job_dir)
+                raise
+            for record in live:
+                registry.update(record.id, state=JobState.CANCELLED)
+        polling.changed(self.root)
+        return self.status([r.id for r in tasks]).rows
 
     def _preflight(self, request: JobRequest | TorchrunRequest,
                    flags: slurm_partitions.Flags, processes: int | None = None) -> None:
@@ -270,19 +421,7 @@ class ClusterSide:
             writing.append(f"job {record.id}'s folder {record.job_dir}")
             try:
                 script, files = render_files(record.id)
-                job_settings = {
-                    "monitor": getattr(request, "monitor", None),
-                    "alerts": list(request.alerts),
-                    "layout": LAYOUT_VERSION,
-                    **extra_settings,
-                    **_notify_settings(request, record),
-                }
-                job_dir = self.root / record.job_dir
-                files = {**files, SETTINGS: json.dumps(job_settings, indent=1)}
-                if "notify" in job_settings:
-                    files[NOTIFICATIONS] = notify.start_record()
-                self._write_job(job_dir, script, files,
-                                private=(SETTINGS,) if "notify" in job_settings else ())
+                job_dir = self._write_job_folder(record, request, script, files, extra_settings)
                 scheduler = scheduler_for(self.executor, self.root)
                 if stages:
                     queued = _queue_stages(scheduler, job_dir, stages)
@@ -298,6 +437,24 @@ class ClusterSide:
                             stages=queued)
             return Submission(registry.get(record.id), script, record.job_dir,
                               files.get(COMPILE_SCRIPT))
+
+    def _write_job_folder(self, record: JobRecord, request, script: str, files: dict,
+                          extra_settings: dict) -> Path:
+        """The job's folder: its script, files and job.json (the runner's settings)."""
+        job_settings = {
+            "monitor": getattr(request, "monitor", None),
+            "alerts": list(request.alerts),
+            "layout": LAYOUT_VERSION,
+            **extra_settings,
+            **_notify_settings(request, record),
+        }
+        job_dir = self.root / record.job_dir
+        files = {**files, SETTINGS: json.dumps(job_settings, indent=1)}
+        if "notify" in job_settings:
+            files[NOTIFICATIONS] = notify.start_record()
+        self._write_job(job_dir, script, files,
+                        private=(SETTINGS,) if "notify" in job_settings else ())
+        return job_dir
 
     @staticmethod
     def _write_job(job_dir: Path, script: str, files: dict, private: tuple = ()) -> None:
@@ -823,6 +980,7 @@ def _row(record: JobRecord, state: JobState, progress: events.Progress,
         elapsed=elapsed, best_model=best_model, alerts=list(progress.alerts.values()),
         restarts=max(0, progress.starts - 1), stages=[stage.to_json() for stage in stages],
         stage=stage_at.name if stage_at else None,
+        sweep=record.sweep, sweep_values=dict(record.sweep_values),
         **{name: getattr(progress, name) for name in PROGRESS_FIELDS},
         **_why_waiting(state, live))
 

@@ -31,7 +31,9 @@ share, so it relies only on what those do atomically on the server, and on nothi
 Each record carries its format (`FORMAT`); a record of a newer format is refused rather than
 misread. `stages` is optional in format 1 (added with chained jobs): a record without it, as
 every earlier hpctrain wrote, is a job of one scheduler job; it is written only when a job has
-stages, so that single jobs' records stay as they were.
+stages, so that single jobs' records stay as they were. `sweep` (the id of the sweep's first
+task) and `sweep_values` (that task's `--set` values) are optional in the same way: written only
+for a task of a sweep (jobs/sweep.py).
 
 The SQLite registry (schema versions 0-2, `PRAGMA user_version`) is the format before: the
 first registry opened where it is imports every row, once, however many processes race (see
@@ -119,6 +121,8 @@ class JobRecord:
     submitted: float = 0.0
     params: dict = field(default_factory=dict)
     stages: tuple[Stage, ...] = ()  # a chained job's scheduler jobs, in order; () for one job
+    sweep: int | None = None  # a sweep's task: the sweep's id (that of its first task)
+    sweep_values: dict = field(default_factory=dict)  # a sweep's task: its --set values
 
     def to_json(self) -> dict:
         data = {
@@ -134,6 +138,8 @@ class JobRecord:
         }
         if self.stages:
             data["stages"] = [stage.to_json() for stage in self.stages]
+        if self.sweep is not None:
+            data["sweep"], data["sweep_values"] = self.sweep, self.sweep_values
         return data
 
     @classmethod
@@ -202,6 +208,7 @@ def parse_record(data: bytes, job_id: int, shown: str) -> JobRecord:
     except ValueError:
         raise Damaged(f"unknown state {item['state'][:40]!r}") from None
     stages = _stages(item.get("stages", []))
+    sweep, sweep_values = _sweep(item)
     return JobRecord(
         id=job_id,
         kind=item["kind"],
@@ -213,7 +220,20 @@ def parse_record(data: bytes, job_id: int, shown: str) -> JobRecord:
         submitted=float(item["submitted"]),
         params=item["params"],
         stages=stages,
+        sweep=sweep,
+        sweep_values=sweep_values,
     )
+
+
+def _sweep(item: dict) -> tuple[int | None, dict]:
+    """A record's optional `sweep` and `sweep_values`; Damaged if present and malformed."""
+    sweep, values = item.get("sweep"), item.get("sweep_values", {})
+    if sweep is not None and (isinstance(sweep, bool) or not isinstance(sweep, int)
+                              or sweep < 1):
+        raise Damaged("'sweep' is not a job id")
+    if not isinstance(values, dict):
+        raise Damaged("'sweep_values' is not an object")
+    return sweep, values if sweep is not None else {}
 
 
 def _stages(value) -> tuple[Stage, ...]:
@@ -351,17 +371,21 @@ class Registry:
             raise
 
     def add(
-        self, kind: str, project: str, base: str | None, job_dir_for, params: dict
+        self, kind: str, project: str, base: str | None, job_dir_for, params: dict,
+        sweep_values: dict | None = None, sweep: int | None = None,
     ) -> JobRecord:
         """Register a job in state SUBMITTING under a new id; `job_dir_for(id)` names its
-        folder."""
+        folder. With `sweep_values` it is a task of sweep `sweep`; without `sweep` it is the
+        first task, whose id is the sweep's."""
         try:
             self.jobs.mkdir(parents=True, exist_ok=True)
             self.ids.mkdir(exist_ok=True)
             job_id = self._allocate()
+            in_sweep = {} if sweep_values is None else {
+                "sweep": sweep or job_id, "sweep_values": dict(sweep_values)}
             self._write(JobRecord(
                 id=job_id, kind=kind, project=project, base=base, state=JobState.SUBMITTING,
-                job_dir=job_dir_for(job_id), submitted=time.time(), params=params,
+                job_dir=job_dir_for(job_id), submitted=time.time(), params=params, **in_sweep,
             ))
         except OSError as e:
             self._raise_if_full(e)

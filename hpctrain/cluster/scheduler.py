@@ -69,12 +69,23 @@ class Scheduler(Protocol):
         cancelled)."""
         ...
 
+    def submit_array(self, job_dirs: list[Path], time_limit: str,
+                     max_parallel: int | None = None) -> list[str]:
+        """Queue the runners of prepared job folders as one array (a sweep's tasks, which ask
+        for the same resources); return each task's scheduler id, in order. At most
+        `max_parallel` run at once where the scheduler can say so."""
+        ...
+
     def states(self, scheduler_ids: list[str]) -> dict[str, Live | None]:
         """Live states, in one batched query; None where the scheduler no longer knows a job."""
         ...
 
     def cancel(self, scheduler_id: str, job_dir: Path) -> None:
-        """Stop the job, whatever its state."""
+        """Stop the job, whatever its state (an array's task: that task only)."""
+        ...
+
+    def cancel_array(self, tasks: list[tuple[str, Path]]) -> None:
+        """Stop every task of an array, (scheduler id, job folder) each, whatever its state."""
         ...
 
     def accounting(self, scheduler_ids: list[str]) -> dict[str, Accounting]:
@@ -150,6 +161,16 @@ class LocalScheduler:
         except Exception as e:  # submitit raises bare exceptions on submission failures
             raise SchedulerError(f"local submission failed: {e}") from e
         return str(job.job_id)
+
+    def submit_array(self, job_dirs: list[Path], time_limit: str,
+                     max_parallel: int | None = None) -> list[str]:
+        """One background process per task; they run one after the other (the queue lock), so
+        `max_parallel` is always met."""
+        return [self.submit(job_dir, time_limit) for job_dir in job_dirs]
+
+    def cancel_array(self, tasks: list[tuple[str, Path]]) -> None:
+        for scheduler_id, job_dir in tasks:
+            self.cancel(scheduler_id, job_dir)
 
     def states(self, scheduler_ids: list[str]) -> dict[str, Live | None]:
         """RUNNING while the job's process lives; None once it is gone (its events tell the
@@ -438,6 +459,74 @@ def stage_directives(script: str, after: str | None) -> list[str]:
     return [line for line in ours if _directive_key(line) not in keys] + chain
 
 
+# -- job arrays: a sweep's tasks, one Slurm job each, queued as one array --------------------
+ARRAY_SCRIPT = "sweep_array.sh"  # the array's submission file, in its first task's submitit/
+_ARRAY_TASKS = re.compile(r"([0-9]+)_\[([0-9,\-]+)(?:%[0-9]+)?\]", re.ASCII)
+MAX_EXPANDED = 100000  # a bracket wider than this is not ours (a sweep has at most 1000 tasks)
+
+
+def array_task_ids(job_id: str) -> list[str]:
+    """The task ids a Slurm job id names: '123_[0-3%2]' (squeue's and sacct's pending tasks)
+    -> 123_0..123_3, '123_[1,4-5]' -> 123_1, 123_4, 123_5; any other id is itself."""
+    match = _ARRAY_TASKS.fullmatch(job_id)
+    if not match:
+        return [job_id]
+    found: list[str] = []
+    for part in match.group(2).split(","):
+        first, _, last = part.partition("-")
+        if not first.isdigit() or (last and not last.isdigit()):
+            return [job_id]
+        low, high = int(first), int(last or first)
+        if high - low > MAX_EXPANDED:
+            return [job_id]
+        found += [f"{match.group(1)}_{i}" for i in range(low, high + 1)]
+    return found
+
+
+def array_id(scheduler_id: str) -> str:
+    """The job id Slurm asks about for an array task ('123_4' -> '123'), else the id itself."""
+    return scheduler_id.split("_", 1)[0]
+
+
+def array_script(job_dirs: list[str], directives_of_job: list[str], minutes: int,
+                 max_parallel: int | None, python: str) -> str:
+    """The submission file of a sweep: one `sbatch --array` whose task i runs submitit's
+    runner in task i's job folder (its own submitit/ files, its own requeue). The tasks ask
+    for what the first task's job.sh asks for (they differ only in training values); `%N`
+    holds at most `max_parallel` running at once."""
+    import shlex
+
+    count = len(job_dirs)
+    first = f"{job_dirs[0]}/{SUBMITIT_DIR}"
+    limit = f"%{max_parallel}" if max_parallel and max_parallel < count else ""
+    theirs = [
+        f"#SBATCH --array=0-{count - 1}{limit}",
+        f"#SBATCH --output={first}/%A_%a_sbatch.out",
+        f"#SBATCH --error={first}/%A_%a_sbatch.err",
+        "#SBATCH --open-mode=append",
+        f"#SBATCH --signal=USR2@{signal_delay(minutes)}",
+        f"#SBATCH --time={minutes}",
+    ]
+    array_keys = ("--array", "--output", "--error", "--open-mode", "--signal")
+    ours = [line for line in directives_of_job if _directive_key(line) not in array_keys]
+    keys = {_directive_key(line) for line in ours}
+    cases = [f"  {i}) TASK_DIR={shlex.quote(d)} ;;" for i, d in enumerate(job_dirs)]
+    folder = f'"$TASK_DIR"/{SUBMITIT_DIR}'
+    return "\n".join([
+        "#!/bin/bash",
+        *ours,
+        *(line for line in theirs if _directive_key(line) not in keys),
+        f"# A sweep of {count} hpctrain jobs: array task i runs the job in the i-th folder.",
+        "export SUBMITIT_EXECUTOR=slurm",
+        'case "$SLURM_ARRAY_TASK_ID" in',
+        *cases,
+        '  *) echo "hpctrain: array task $SLURM_ARRAY_TASK_ID has no job folder" >&2; exit 1 ;;',
+        "esac",
+        f"srun --unbuffered --output {folder}/%A_%a_%t_log.out --error {folder}/%A_%a_%t_log.err"
+        f" --nodes=1 --ntasks=1 {shlex.quote(python)} -u -m submitit.core._submit {folder}",
+    ]) + "\n"
+
+
 def signal_delay(minutes: float) -> int:
     """Seconds between the requeue signal and the time limit: 2 minutes, less for short jobs."""
     return int(min(120, max(30, minutes * 60 / 4)))
@@ -505,24 +594,75 @@ class SlurmScheduler:
             raise SchedulerError(f"sbatch refused the job: {detail}") from e
         return str(job.job_id)
 
+    def submit_array(self, job_dirs: list[Path], time_limit: str,
+                     max_parallel: int | None = None) -> list[str]:
+        """One `sbatch --array` (array_script) for the tasks; submitit's payload of task i is
+        the job runner of the i-th folder, put where submitit's entry point looks for it
+        (submitit/ARRAY_i_submitted.pkl; it waits for it a minute after the task starts)."""
+        import shutil
+        import sys
+
+        from submitit.core.utils import DelayedSubmission
+
+        from ..runtime.runner import JobRunner
+
+        if not shutil.which("sbatch") or not shutil.which("srun"):
+            raise SchedulerError(f"sbatch {NO_SLURM}")
+        minutes = max(1, int(time_to_minutes(time_limit)))
+        script = array_script([str(d) for d in job_dirs],
+                              directives((job_dirs[0] / SCRIPT).read_text()),
+                              minutes, max_parallel, sys.executable)
+        payloads = []
+        for job_dir in job_dirs:
+            (job_dir / SUBMITIT_DIR).mkdir(exist_ok=True)
+            payload = DelayedSubmission(JobRunner(str(job_dir)))
+            payload.set_timeout(minutes, 3)  # submitit's: requeued 3 times at most on timeout
+            part = job_dir / SUBMITIT_DIR / f".{ARRAY_SCRIPT}.pkl.part"
+            payload.dump(part)
+            payloads.append(part)
+        path = job_dirs[0] / SUBMITIT_DIR / ARRAY_SCRIPT
+        path.write_text(script, encoding="utf-8")
+        out = _run(["sbatch", "--parsable", str(path)], "sbatch (the sweep's array)")
+        array = out.strip().split(";")[0]
+        if not array.isdigit():
+            raise SchedulerError(f"sbatch answered {out.strip()[:80]!r}, not a job id")
+        ids = [f"{array}_{i}" for i in range(len(job_dirs))]
+        try:
+            for part, scheduler_id in zip(payloads, ids):
+                part.rename(part.parent / f"{scheduler_id}_submitted.pkl")
+        except OSError:
+            _run(["scancel", array], "scancel")
+            raise
+        return ids
+
+    def cancel_array(self, tasks: list[tuple[str, Path]]) -> None:
+        """One scancel of the array id: Slurm cancels every task, pending or running."""
+        arrays = sorted({array_id(scheduler_id) for scheduler_id, _ in tasks})
+        if arrays:
+            _run(["scancel", *arrays], "scancel")
+
     def states(self, scheduler_ids: list[str]) -> dict[str, Live | None]:
         """One sacct call for all the jobs, whatever their number; then, if any job waits, is
         too fresh for accounting, or accounting does not answer, one squeue call for the reasons
         and expected start times. Where accounting is off (sacct fails, or knows none of the jobs
         the queue shows running), the states are the queue's and `accounting_off` says why: a
-        job that has left the queue is then None, as one Slurm no longer knows."""
+        job that has left the queue is then None, as one Slurm no longer knows.
+
+        An array's tasks (ARRAY_i) are asked by the array's id; the tasks still pending are one
+        line, ARRAY_[2-5%2], which stands for each of them."""
         found: dict[str, Live | None] = {sid: None for sid in scheduler_ids}
         self.accounting_off = None
+        arrays = dict.fromkeys(array_id(sid) for sid in scheduler_ids)  # in order, once each
         try:
             out = _run(
-                ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(scheduler_ids)],
+                ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(arrays)],
                 "sacct (job states)",
             )
         except SchedulerError as e:
             self.accounting_off, out = str(e), ""
         for job_id, state, *_rest in _fields(out):
-            if job_id in found:
-                found[job_id] = Live(_state(state), said=_word(state))
+            for sid in _ours(job_id, found, arrays):
+                found[sid] = Live(_state(state), said=_word(state))
         accounted = {sid for sid, live in found.items() if live}
         # A job whose node failed is NODE_FAIL in accounting while Slurm requeues it: only the
         # queue tells which.
@@ -537,11 +677,11 @@ class SlurmScheduler:
                 raise
             return found  # accounting answered for every job; only the reasons are missing
         for job_id, state, reason, start in _fields(queue, 4):
-            if job_id in found:
+            for sid in _ours(job_id, found, arrays):
                 waits = _state(state) == JobState.PENDING
-                found[job_id] = Live(_state(state), reason if waits and reason != "None" else None,
-                                     start if waits and start[:1].isdigit() else None,
-                                     _word(state))
+                found[sid] = Live(_state(state), reason if waits and reason != "None" else None,
+                                  start if waits and start[:1].isdigit() else None,
+                                  _word(state))
         running = [sid for sid, live in found.items() if live and live.state == JobState.RUNNING]
         if not accounted and running and not self.accounting_off:
             self.accounting_off = f"sacct knows no job, squeue shows job {running[0]} running"
@@ -558,6 +698,14 @@ class SlurmScheduler:
         out = _run(["sacct", "-n", "-P", "-D", "-j", ",".join(scheduler_ids),
                     "-o", ",".join(ACCOUNTING_FIELDS)], "sacct (job accounting)")
         return parse_accounting(out, scheduler_ids)
+
+
+def _ours(job_id: str, found: dict, arrays: dict) -> list[str]:
+    """The ids asked about that a line of sacct or squeue speaks of (an array's pending line
+    speaks of several tasks); lines of other jobs speak of none."""
+    if array_id(job_id) not in arrays:
+        return []
+    return [sid for sid in array_task_ids(job_id) if sid in found]
 
 
 SCHEDULERS = {"local": LocalScheduler, "slurm": SlurmScheduler}
