@@ -281,6 +281,7 @@ _WAITS = [
      "lower --time", True),
     ("BeginTime", "requeued: starts again after a delay"),
     ("Dependency", "waiting for the job it depends on"),
+    ("JobArrayTaskLimit", "waiting for other jobs of its sweep to end (--max-parallel)"),
     ("DependencyNeverSatisfied", "the job it depends on failed: it will never start", True),
     ("JobHeldUser", "held by you: release it with scontrol release"),
     ("JobHeldAdmin", "held by the administrators"),
@@ -508,7 +509,8 @@ def array_script(job_dirs: list[str], directives_of_job: list[str], minutes: int
         f"#SBATCH --time={minutes}",
     ]
     array_keys = ("--array", "--output", "--error", "--open-mode", "--signal")
-    ours = [line for line in directives_of_job if _directive_key(line) not in array_keys]
+    ours = [line + "-sweep" if _directive_key(line) == "--job-name" else line
+            for line in directives_of_job if _directive_key(line) not in array_keys]
     keys = {_directive_key(line) for line in ours}
     cases = [f"  {i}) TASK_DIR={shlex.quote(d)} ;;" for i, d in enumerate(job_dirs)]
     folder = f'"$TASK_DIR"/{SUBMITIT_DIR}'

@@ -40,6 +40,7 @@ def test_the_array_covers_every_task_and_holds_max_parallel():
     assert (found["partition"], found["gres"], found["time"]) == ("publicgpu", "gpu:1",
                                                                    "02:00:00")
     assert found["signal"] == "USR2@120" and found["open-mode"] == "append"
+    assert found["job-name"] == "hpctrain-Demo-transcription-7-sweep"  # squeue tells it apart
     assert found["output"] == "/r/Demo/job7-transcription/submitit/%A_%a_sbatch.out"
     times = [line for line in directives(script) if line.startswith("#SBATCH --time")]
     assert times == ["#SBATCH --time=02:00:00"]  # the job's own directive wins, said once
@@ -162,6 +163,11 @@ def test_states_map_a_pending_array_line_onto_each_of_its_tasks(tmp_path, answer
     sacct = answers[0]
     assert sacct[sacct.index("-j") + 1] == "4242,4243"  # the array's id once, not each task's
     assert [argv[0] for argv in answers] == ["sacct", "squeue"]
+
+
+def test_a_task_held_by_max_parallel_says_so_in_plain_words():
+    assert "other jobs of its sweep" in scheduler.waiting("JobArrayTaskLimit").words
+    assert not scheduler.waiting("JobArrayTaskLimit").never
 
 
 def test_another_users_array_is_not_mistaken_for_ours(tmp_path, answers):
