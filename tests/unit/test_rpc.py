@@ -16,6 +16,7 @@ from hpctrain.cluster.registry import JobState, Registry
 from hpctrain.core.config import Tree
 from hpctrain.core.errors import HpctrainError
 from hpctrain.jobs.requests import JobRequest, Resources, Split, TorchrunRequest, TrainParams
+from hpctrain.jobs.sweep import SweepRequest
 
 
 class Loopback:
@@ -101,6 +102,8 @@ CALLS = {
     "partitions": {"refresh": False},  # the local executor's: none (Slurm's: test_preflight_cli)
     "submit": {"request": KRAKEN, "dry_run": True},
     "submit_torchrun": {"request": TORCHRUN, "dry_run": True},
+    "submit_sweep": {"sweep": SweepRequest(KRAKEN, ({"epochs": 3}, {"epochs": 4})),
+                     "dry_run": True},
 }
 
 
@@ -121,7 +124,8 @@ def comparable(result):
 
 
 def test_every_operation_is_exercised_here():
-    assert set(CALLS) | {"cancel", "notify_test"} == set(operations())  # test_notify*.py
+    # test_notify*.py; cancel_sweep: test_sweep_ops.py
+    assert set(CALLS) | {"cancel", "notify_test", "cancel_sweep"} == set(operations())
 
 
 @pytest.mark.parametrize("op", sorted(CALLS))

@@ -221,6 +221,19 @@ def test_cancel_sweep_of_a_task_or_a_plain_job_says_what_it_is(side, slurm):
         side.cancel_sweep(2)
 
 
+def test_submit_and_cancel_of_a_sweep_cross_the_rpc_boundary(side, slurm):
+    from hpctrain.backends.rpc import RemoteCluster
+    from test_rpc import Loopback
+
+    proxy = RemoteCluster(Loopback(), str(side.root), Tree(), "slurm")
+    done = proxy.submit_sweep(kraken_sweep("epochs=3,4", "augment=true,false", max_parallel=1))
+    assert [(j.sweep, j.sweep_values["epochs"]) for j in done.jobs] == [(1, 3)] * 2 + [(1, 4)] * 2
+    assert list(done.jobs) == side.registry().all() and len(done.scripts) == 4
+    rows = proxy.cancel_sweep(1)
+    assert [(r.state, r.sweep) for r in rows] == [("CANCELLED", 1)] * 4
+    assert slurm.calls[-1] == ("cancel_array", ["500_0", "500_1", "500_2", "500_3"])
+
+
 # -- the registry ------------------------------------------------------------------------------
 def test_records_without_sweep_fields_read_and_are_written_as_before(side, slurm):
     plain = side.submit(kraken_sweep("epochs=3").request).job
