@@ -1,4 +1,4 @@
-"""`hpctrain submit ...`: kraken jobs and torchrun jobs."""
+"""`hpctrain submit ...` and `hpctrain sweep ...`: kraken jobs and torchrun jobs, one or a grid."""
 
 from __future__ import annotations
 
@@ -455,8 +455,10 @@ def _print_sweep(swept, kind: str, dry_run: bool, as_json: bool) -> None:
             click.echo(f"# task {job_dir}: {values_text(point)}")
         click.echo(f"# ==== job.sh of the first task ====\n{done.scripts[0]}", nl=False)
         return
-    first = done.jobs[0]
-    ids = f"{first.id}-{done.jobs[-1].id}" if len(done.jobs) > 1 else str(first.id)
+    first, numbers = done.jobs[0], [job.id for job in done.jobs]
+    consecutive = numbers == list(range(first.id, first.id + len(numbers)))
+    ids = (f"{first.id}-{numbers[-1]}" if consecutive and len(numbers) > 1
+           else ", ".join(map(str, numbers)))
     array = first.scheduler_id.split("_")[0] if first.scheduler_id else None
     click.echo(f"submitted sweep {first.id}: {len(done.jobs)} {kind} jobs ({ids})"
                + (f" as Slurm array {array}" if array and "_" in first.scheduler_id else "")

@@ -348,3 +348,15 @@ def test_cancel_sweep_cancels_the_array_cancel_alone_one_job(cli, pushed, slurm)
     assert slurm.calls[-1] == ("cancel_array", ["500_1", "500_2"])
     assert result.stdout.splitlines() == ["job 1 CANCELLED", "job 2 CANCELLED",
                                           "job 3 CANCELLED"]
+
+
+def test_a_torchrun_sweep_command_appends_each_value_to_the_scripts_arguments(cli, workspace):
+    result = cli("sweep", "torchrun", "hpctrain.trainer", "--set", "lr=0.1,0.01", "--dry-run",
+                 "--json", "--", "--data", "/scratch/her2")
+    assert result.exit_code == 0, result.output
+    done = json.loads(result.stdout)
+    assert done["points"] == [{"lr": "0.1"}, {"lr": "0.01"}] and done["jobs"] == []
+    assert "--data /scratch/her2 --lr 0.01" in done["scripts"][1]
+    assert "--lr 0.1" not in done["scripts"][1]
+    refused = cli("sweep", "torchrun", "hpctrain.trainer", "--set", "lr=$(reboot)")
+    one_line_error(refused, "--set lr", "characters a sweep value may not hold")
