@@ -139,6 +139,9 @@ class LogParser:
                 model = {"event": "model", "path": match.group(3).strip(),
                          "score": float(match.group(2))}
                 return self._training_over(completed=True) + [model]
+        if line.startswith(("│", "Mean ", "Frequency-", "Class-independent ")):
+            self._segtest(line.strip())
+            return []
         if "Accuracy" in line or "accuracy" in line:
             return self._accuracy(line)
         if "max_epochs=" in line:
@@ -147,9 +150,6 @@ class LogParser:
                 stopped = {"event": "stopped", "reason": "max_epochs",
                            "epochs": int(match.group(1))}
                 return self._training_over(completed=True) + [stopped]
-        if line.startswith(("│", "Mean ", "Frequency-", "Class-independent ")):
-            self._segtest(line.strip())
-            return []
         if line.startswith(("WARNING", "[WARNING")) and (
             "Invalid input" in line or "Could not open" in line
         ):
@@ -171,8 +171,9 @@ class LogParser:
 
     def finish(self, completed: bool = False) -> list[dict]:
         """What the end of the output tells: a line still held back, and, if the job's process
-        exited cleanly (`completed`), an early stop whose "best model" line never came."""
-        return self._training_over(completed)
+        exited cleanly (`completed`), an early stop whose "best model" line never came, and the
+        scores of a test still being gathered."""
+        return self._training_over(completed) + self._scores_over()
 
     def _marker(self, line: str) -> list[dict]:
         try:
