@@ -239,3 +239,12 @@ def test_the_job_still_fails_when_training_fails_after_a_failed_base_test(tmp_pa
     script.write_text(script.read_text() + "echo 'Error: training broke' >&2\nexit 1\n")
     with pytest.raises(JobFailed, match="training broke"):
         run(job_dir)
+
+
+def test_kraken_71_segtest_crashing_on_its_own_blla_model_is_a_base_test_error():
+    """Real output: kraken 7.1.1's segtest of its packaged blla.mlmodel stops with an IndexError
+    after its diagnostics table (whose rows are no scores); the job trains all the same."""
+    found = list(parse_file(K7 / "segtest_base_failed.log"))
+    assert [e for e in found if e["event"] == "base_test"] == [{
+        "event": "base_test", "model": "blla", "error": "IndexError: list index out of range"}]
+    assert not [e for e in found if e["event"] == "test"]
