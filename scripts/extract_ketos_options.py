@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-SUBCOMMANDS = ("compile", "train", "segtrain", "test")
+SUBCOMMANDS = ("compile", "train", "segtrain", "test", "segtest")
 
 
 def from_installed() -> dict:

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from ..runtime.events import gain_line
 from .main import json_option, main, metric, print_json, size, warn, workspace_of
 
 
@@ -16,6 +17,8 @@ from .main import json_option, main, metric, print_json, size, warn, workspace_o
 def fetch(ctx, target, as_json):
     """Bring best models back into models/finetuned/PROJECT/jobN/, each with its provenance
     (model.json: job, data, parameters, kraken version, best epoch, test score, checksums).
+    A fine-tune from a base model also shows the gain: "base 81.2 % → fine-tuned 94.7 % (+13.5)",
+    both scored on the job's own test pages.
 
     \b
     Examples:
@@ -24,6 +27,7 @@ def fetch(ctx, target, as_json):
       hpctrain fetch 3
     """
     from ..app.fetch import fetch as do_fetch
+    from ..runtime.events import base_words
 
     report = do_fetch(workspace_of(ctx), target)
     for note in report.notes:
@@ -45,12 +49,17 @@ def fetch(ctx, target, as_json):
                  str(r.destination.relative_to(workspace_of(ctx).path))]
                 for r in report.results]
         click.echo(tabulate(rows, headers=["job", "project", "model", "best", "test", "where"]))
+        for r in report.results:
+            if base_words(r.job.base_test, r.job.test):
+                click.echo(f"job {r.job.id}: {base_words(r.job.base_test, r.job.test)}")
     warn(report.warnings)
 
 
 def _fetched_json(result) -> dict:
-    return {"job": result.job.to_json(), "destination": str(result.destination),
-            "model": result.model, "files": result.files}
+    job = result.job
+    return {"job": job.to_json(), "destination": str(result.destination),
+            "model": result.model, "files": result.files,
+            "gain": gain_line(job.base_test, job.test)}
 
 
 def _test(job) -> str:

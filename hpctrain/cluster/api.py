@@ -72,6 +72,8 @@ class JobStatus:
     early_stopped: bool = False
     error: str | None = None
     job_dir: str = ""
+    # the base model's scores on the same test pages, tested before training (events.gain_line)
+    base_test: dict = field(default_factory=dict)
     alerts: list = field(default_factory=list)  # open alerts, one message each
     checkpoint_epoch: int | None = None
     restarts: int = 0  # times the job was requeued and started again

@@ -963,7 +963,7 @@ COMPILE_FIXES = {
 
 # What a status row takes from the job's events as they are.
 PROGRESS_FIELDS = ("step", "epoch", "total_epochs", "best_metric", "best_value", "best_epoch",
-                   "test", "early_stopped", "stopped", "stopped_epoch", "error",
+                   "test", "base_test", "early_stopped", "stopped", "stopped_epoch", "error",
                    "checkpoint_epoch", "epoch_seconds", "metrics")
 
 

@@ -1,5 +1,6 @@
 """`model.json`, the provenance of a fetched model: its owner, its format version, and the part
-the cluster side knows (job, data, parameters, versions, best epoch, test score).
+the cluster side knows (job, data, parameters, versions, best epoch, test score, the base
+model's score and the gain over it).
 
 The laptop completes it with the model file's own SHA-256 (`complete`) and writes it beside the
 model, so that a model found months later still says what made it.
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from ..core.files import sha256_file
 from ..core.layout import SPLIT_PARTS, split_file
-from ..runtime.events import Progress
+from ..runtime.events import Progress, gain_line
 from .api import JobStatus
 from .registry import JobRecord
 
@@ -48,6 +49,10 @@ def of_job(root: Path, record: JobRecord, job: JobStatus, progress: Progress) ->
         "best": {"epoch": progress.best_epoch, "metric": progress.best_metric,
                  "value": progress.best_value, "metrics": progress.best_metrics},
         "test": progress.test,
+        # the base model's scores on the same test pages (added within format 1: readers that
+        # do not know it pass it over); empty without a base model
+        "base_test": progress.base_test,
+        "gain": gain_line(progress.base_test, progress.test),
         "stopped_early": progress.early_stopped, "epochs": progress.epoch,
         "finished_at": progress.ended,
     }

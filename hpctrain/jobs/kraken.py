@@ -13,6 +13,7 @@ Checked against kraken's CLI sources (4.3.13, 5.x, 6.x, 7.0.3) and a real 7.1.1:
 | `--optimizer AdamW`               | no             | no           | yes         | yes            |
 | `segtrain -B` (batch size)        | no             | no           | no          | no             |
 | `--resize` the training acts on   | add both fail¹ | all five²    | all five²   | union new fail³|
+| `ketos segtest` (from 4.2.0)      | yes            | yes          | yes         | yes            |
 
 ¹ union and new (the new names of add and both) from 4.3.10. ² the old names are translated.
 ³ 7's CLI still lists add and both, but its training stops on them.
@@ -66,6 +67,11 @@ class Dialect:
     def release(self) -> tuple[int, int, int]:
         major, minor, patch = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", self.version).groups()
         return int(major), int(minor), int(patch or 0)
+
+    @property
+    def has_segtest(self) -> bool:
+        """`ketos segtest` came with kraken 4.2.0 (checked against the 4.1.2 and 4.2.0 tags)."""
+        return self.release >= (4, 2, 0)
 
     def optimizers(self, subcommand: str) -> tuple[str, ...]:
         """What `ketos train|segtrain --optimizer` takes (each release's sources; AdamW came with
@@ -232,8 +238,31 @@ def train_step(
     return dialect.ketos("train", args, device, params.seed)
 
 
-def test_step(dialect: Dialect, test_arrow: str, device: str) -> list:
-    return dialect.ketos("test", ["-m", BEST, "-f", "binary", test_arrow], device)
+def test_step(dialect: Dialect, test_arrow: str, device: str, model=BEST) -> list:
+    return dialect.ketos("test", ["-m", model, "-f", "binary", test_arrow], device)
+
+
+def segtest_step(dialect: Dialect, fmt: str, test_list: str, device: str, model=BEST) -> list:
+    return dialect.ketos("segtest", ["-m", model, "-f", fmt, "-e", test_list], device)
+
+
+def base_test_marker(base: str, **fields) -> str:
+    """The line that opens the base model's test in the job's output (runtime/logparse.py reads
+    the scores after it as the base model's), or with `unsupported`, the whole event."""
+    import json
+
+    event = {"event": "step", "step": "base_test", "model": base}
+    if fields:
+        event = {"event": "base_test", "model": base, **fields}
+    return "##hpctrain " + json.dumps(event, ensure_ascii=False)
+
+
+def _base_testing(request, step: list | None) -> dict:
+    """The template's context for testing the base model before training: its command line (or
+    None: no base model, or none this version can test) and the line that opens it."""
+    if not request.base_path:
+        return {"base_test_step": None, "base_test_marker": None}
+    return {"base_test_step": step, "base_test_marker": base_test_marker(request.base)}
 
 
 def segtrain_step(
@@ -335,8 +364,28 @@ def transcription_job(
         "best_glob": dialect.best_model_glob(out_dir),
         "test_step": test_step(dialect, f"{compiled_dir}/{arrow_file('test')}", device),
     }
+    context |= _base_testing(request, test_step(
+        dialect, f"{compiled_dir}/{arrow_file('test')}", device, request.base_path))
     context["resume_step"] = resume_step(dialect, context["train_step"])
     return KrakenJob("kraken/transcription.sh.j2", context, files)
+
+
+def _segmentation_tests(dialect, request, test_list: str, device: str) -> dict:
+    """A segmentation job with a base model tests the base model before training and the
+    fine-tuned one after it with `ketos segtest`, on the test pages; a version without segtest
+    says so in a `base_test` event instead (`base_test_unsupported`)."""
+    context = {**_base_testing(request, None), "base_test_unsupported": None, "test_step": None}
+    if not request.base_path:
+        return context
+    if not dialect.has_segtest:
+        context["base_test_unsupported"] = base_test_marker(
+            request.base, unsupported=f"kraken {dialect.version} has no ketos segtest "
+            "(it came with 4.2.0): the base model's score is unknown")
+        return context
+    context |= _base_testing(request, segtest_step(
+        dialect, request.format, test_list, device, request.base_path))
+    context["test_step"] = segtest_step(dialect, request.format, test_list, device)
+    return context
 
 
 def segmentation_job(
@@ -354,10 +403,12 @@ def segmentation_job(
         f"{job_dir}/{split_file('validation')}",
         device,
     )
+    test_list = f"{job_dir}/{split_file('test')}"
     context = {
         "out_dir": out_dir,
         "train_step": step,
         "resume_step": resume_step(dialect, step),
         "best_glob": dialect.best_model_glob(out_dir),
+        **_segmentation_tests(dialect, request, test_list, device),
     }
     return KrakenJob("kraken/segmentation.sh.j2", context, split_files(split))

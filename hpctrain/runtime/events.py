@@ -10,6 +10,10 @@ where nvidia-smi has no figure), `gpu_unavailable` (why GPU sampling stopped or 
 `rusage` (at the end of each run: the job's processes' `cpu_seconds`, user + system, their
 `max_rss` in bytes, and the run's `wall_seconds`). `usage()` folds them.
 
+A job with a base model tests it on the test pages before training: `base_test` (its scores,
+as `test`'s, and `model`; or `error`, or `unsupported` where the version cannot test it);
+`gain_line()` tells it against the fine-tuned model's `test`. Additive: no format change.
+
 A chained job (a compile stage, then a training stage: two Slurm jobs, one folder) writes one
 file: each `start` names its `stage`; a stage that succeeds and is not the last writes
 `stage_end` (not `end`, which is the job's); `stage_cancelled` records a later stage cancelled
@@ -149,6 +153,7 @@ class Progress:
     best_metrics: dict = field(default_factory=dict)  # every metric of the best epoch
     best_model: str | None = None
     test: dict = field(default_factory=dict)
+    base_test: dict = field(default_factory=dict)  # the base model's scores, tested before
     early_stopped: bool = False
     stopped: str | None = None  # how training ended: "early" (early stopping) or "bound" (epochs)
     stopped_epoch: int | None = None  # the epoch it ended at
@@ -217,6 +222,8 @@ def summarize(events: Iterator[dict]) -> Progress:
             progress.best_model = event.get("best_model") or progress.best_model
         elif kind == "test":
             progress.test.update({k: v for k, v in event.items() if k not in ("t", "event")})
+        elif kind == "base_test":
+            progress.base_test = {k: v for k, v in event.items() if k not in ("t", "event")}
         elif kind == "early_stop":
             progress.early_stopped, progress.stopped = True, "early"
             progress.stopped_epoch = event.get("epoch", progress.epoch)
@@ -241,6 +248,49 @@ def summarize(events: Iterator[dict]) -> Progress:
                 # no line said so (ketos 4.3, a script's own metrics): it ran to its bound
                 progress.stopped, progress.stopped_epoch = "bound", progress.epoch
     return progress
+
+
+# The score the gain is told in, first found on both sides: a transcription's character
+# accuracy, a segmentation's mean IOU (ketos segtest).
+GAIN_METRICS = ("char_accuracy", "accuracy", "mean_iu")
+
+
+def _score(scores: dict, name: str) -> float | None:
+    value = scores.get(name)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def gain_line(base_test: dict, test: dict) -> str | None:
+    """"base 81.2 % → fine-tuned 94.7 % (+13.5)": the base model's score and the fine-tuned
+    one's on the same test pages, in percent, and the gain in points; None unless both have one
+    of GAIN_METRICS."""
+    for name in GAIN_METRICS:
+        base, tuned = _score(base_test or {}, name), _score(test or {}, name)
+        if base is not None and tuned is not None:
+            base, tuned = round(base * 100, 1), round(tuned * 100, 1)
+            return f"base {base:.1f} % → fine-tuned {tuned:.1f} % ({tuned - base:+.1f})"
+    return None
+
+
+def base_words(base_test: dict, test: dict) -> str | None:
+    """What status, wait and fetch say of the base model: the gain line once both scores are
+    known, the base model's score alone before, why it has none; None without a base test."""
+    if not base_test:
+        return None
+    line = gain_line(base_test, test)
+    if line:
+        return line
+    if base_test.get("unsupported"):
+        return f"base model not tested: {base_test['unsupported']}"
+    if base_test.get("error"):
+        return f"base model's test failed: {base_test['error']}"
+    for name in GAIN_METRICS:
+        score = _score(base_test, name)
+        if score is not None:
+            return f"base {score * 100:.1f} %"
+    return None
 
 
 @dataclass

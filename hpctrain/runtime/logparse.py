@@ -9,9 +9,14 @@ that any script can print:
 An event is a flat JSON object with at least `event`. Kinds produced here:
 `epoch` (epoch, total, metrics, early_stopping), `best` (metric, value, epoch), `model` (path,
 score), `early_stop` (epoch, best_epoch), `stopped` (reason), `test` (char_accuracy,
-word_accuracy), `warning` (line), `alert` / `alert_cleared` (a project's metric bounds, see
-alerts.py), and anything a script sends with the marker. A `metrics` event is flat: `epoch`,
-optional `total`, then name: number.
+word_accuracy; a segmentation's `ketos segtest`: mean_iu, ...), `base_test` (the same scores of
+the base model, tested before training, with `model`; or its `error`), `warning` (line),
+`alert` / `alert_cleared` (a project's metric bounds, see alerts.py), and anything a script
+sends with the marker. A `metrics` event is flat: `epoch`, optional `total`, then name: number.
+
+The base model's test follows the step marker `{"event": "step", "step": "base_test", "model":
+NAME}` (templates/kraken/_base_test.sh.j2); its scores, gathered until the next step or the end,
+make one `base_test` event, and its error lines are not the job's.
 
 ketos prints one `stage k/N` line per epoch (k from 0; N is `∞` when it has no bound, and
 always on 4.3, whose job bound `epochs` then gives the total). Two things need care:
@@ -52,6 +57,16 @@ _CONVERT = re.compile(
 _CHAR_ACC = re.compile(r"^([0-9.]+)%\s+Character Accuracy$")
 _WORD_ACC = re.compile(r"^([0-9.]+)%\s+Word Accuracy$")
 _AVG_ACC = re.compile(r"Average accuracy: ([0-9.]+)%")
+# ketos segtest: 4.x prints "Mean IOU: 0.812"; 7.x prints tables only, whose rows give the IOU
+# of each pixel class (│ regions │ text │ 0.912 │ 0.801 │ 12 │) and baseline detection
+# (│ Overall │ 0.9 │ 0.8 │ 0.85 │).
+_SEG_LINE = re.compile(r"^(Mean Accuracy|Mean IOU|Frequency-weighted IOU|Class-independent "
+                       r"Baseline IOU|Class-independent Region IOU): ([0-9.]+)$")
+_SEG_NAMES = {"Mean Accuracy": "mean_accuracy", "Mean IOU": "mean_iu",
+              "Frequency-weighted IOU": "freq_iu", "Class-independent Baseline IOU": "baseline_iu",
+              "Class-independent Region IOU": "region_iu"}
+_NUMBER = re.compile(r"^[0-9]+(\.[0-9]+)?$")
+BASE_TEST = "base_test"  # the step (and event) of the base model's test, before training
 _MAX_EPOCHS = re.compile(r"stopped: `?max_epochs=([0-9]+)`? reached")
 _ERROR = re.compile(r"^(Error: .+|[A-Za-z_][\w.]*(Error|Exception): .+)$")
 
@@ -97,6 +112,8 @@ class LogParser:
         self.monitored = (monitor,) if monitor else MONITORED
         self.alerts = AlertWatch(alerts)
         self.epochs = epochs
+        self._scores: dict | None = None  # a test's scores gathered until its step ends
+        self._base_error: str | None = None  # the first error line of the base model's test
         self._new_training()
 
     def _new_training(self) -> None:
@@ -122,6 +139,9 @@ class LogParser:
                 model = {"event": "model", "path": match.group(3).strip(),
                          "score": float(match.group(2))}
                 return self._training_over(completed=True) + [model]
+        if line.startswith(("│", "Mean ", "Frequency-", "Class-independent ")):
+            self._segtest(line.strip())
+            return []
         if "Accuracy" in line or "accuracy" in line:
             return self._accuracy(line)
         if "max_epochs=" in line:
@@ -135,16 +155,25 @@ class LogParser:
         ):
             return [{"event": "warning", "line": line.strip()}]
         if line.endswith(": command not found"):
-            self.last_error = line.strip()
+            self._error(line.strip())
         elif "Error" in line or "Exception" in line:
             if _ERROR.match(line.strip()):
-                self.last_error = line.strip()
+                self._error(line.strip())
         return []
+
+    def _error(self, line: str) -> None:
+        """An error line: the job's, or, while the base model is tested, that test's (whose
+        failure is not the job's)."""
+        if self._scores is not None and self._scores["event"] == BASE_TEST:
+            self._base_error = self._base_error or line
+        else:
+            self.last_error = line
 
     def finish(self, completed: bool = False) -> list[dict]:
         """What the end of the output tells: a line still held back, and, if the job's process
-        exited cleanly (`completed`), an early stop whose "best model" line never came."""
-        return self._training_over(completed)
+        exited cleanly (`completed`), an early stop whose "best model" line never came, and the
+        scores of a test still being gathered."""
+        return self._training_over(completed) + self._scores_over()
 
     def _marker(self, line: str) -> list[dict]:
         try:
@@ -156,7 +185,12 @@ class LogParser:
                 {"event": "warning", "line": f"event line without an 'event' name: {line[:200]}"}
             ]
         events = [event]
-        if event["event"] == "metrics":
+        if event["event"] == "step":
+            events = self._scores_over() + events
+            if event.get("step") == BASE_TEST:
+                model = event.get("model")
+                self._scores = {"event": BASE_TEST, **({"model": model} if model else {})}
+        elif event["event"] == "metrics":
             events += self._best_from(event, event.get("epoch"))
             events += self.alerts.check(event, event.get("epoch"))
         return events
@@ -280,14 +314,54 @@ class LogParser:
 
     def _accuracy(self, line: str) -> list[dict]:
         text = line.strip()
+        found = None
         for pattern, key in ((_CHAR_ACC, "char_accuracy"), (_WORD_ACC, "word_accuracy")):
             match = pattern.match(text)
             if match:
-                return [{"event": "test", key: round(float(match.group(1)) / 100, 6)}]
-        match = _AVG_ACC.search(text)
+                found = {key: round(float(match.group(1)) / 100, 6)}
+        match = None if found else _AVG_ACC.search(text)
         if match:
-            return [{"event": "test", "char_accuracy": round(float(match.group(1)) / 100, 6)}]
-        return []
+            found = {"char_accuracy": round(float(match.group(1)) / 100, 6)}
+        if found is None:
+            return []
+        if self._scores is not None and self._scores["event"] == BASE_TEST:
+            self._scores.update(found)  # the base model's: one event once its test is over
+            return []
+        return [{"event": "test", **found}]
+
+    def _segtest(self, text: str) -> None:
+        """Gather a `ketos segtest` score line (4.x) or table row (7.x) into the test's scores."""
+        scores = self._scores
+        if scores is None:
+            scores = self._scores = {"event": "test"}
+        match = _SEG_LINE.match(text)
+        if match:
+            scores[_SEG_NAMES[match.group(1)]] = float(match.group(2))
+            return
+        cells = [cell.strip() for cell in text.strip("│").split("│")]
+        if len(cells) == 4 and cells[0] == "Overall" and _NUMBER.match(cells[3]):
+            scores["baseline_f1"] = float(cells[3])  # Class, Precision, Recall, F1
+        elif len(cells) == 5 and _NUMBER.match(cells[2]) and _NUMBER.match(cells[3]):
+            # Category, Class Name, Pixel Accuracy, IOU, Object Count
+            scores.setdefault("_ious", []).append(float(cells[3]))
+
+    def _scores_over(self) -> list[dict]:
+        """The scores gathered while a test ran, as one event, once its step is over. A base
+        model's test that gave no score says why (`error`); it did not stop the job."""
+        scores, self._scores = self._scores, None
+        if scores is None:
+            return []
+        ious = scores.pop("_ious", None)
+        if ious and "mean_iu" not in scores:
+            scores["mean_iu"] = round(sum(ious) / len(ious), 6)
+        if "char_accuracy" in scores:
+            scores["accuracy"] = scores["char_accuracy"]
+        if scores["event"] == BASE_TEST and not scores.keys() - {"event", "model"}:
+            scores["error"] = self._base_error or "the test printed no score"
+        self._base_error = None
+        if scores["event"] == "test" and len(scores) == 1:
+            return []
+        return [scores]
 
 
 def parse_lines(lines: Iterable[str]) -> Iterator[dict]:
@@ -323,6 +397,10 @@ _OTHER_LINES = (  # (needle, test of a hit: block, hit, start and end of the str
             b[at - 1] == 91 and (at - 1 == start or b[at - 2] == 10)))),
     (b"E", lambda b, at, start, end: b.startswith((b"Error: ", b"Exception: "), at)),
     (b"command not found", None),
+    # ketos segtest: "Mean IOU: 0.8" and the like (4.x), table rows "│ ... │" (7.x)
+    (b"IOU: ", None),
+    (b"Mean Accuracy: ", None),
+    ("│".encode(), lambda b, at, start, end: at == start or b[at - 1] == 10),
 )
 _STAGES = re.compile(rb"\nstage ([0-9]+)/([0-9]+|\xe2\x88\x9e)([^\n]*)")
 

@@ -3,6 +3,8 @@
 It runs the job's rendered script with bash, keeps the raw output in `job.log`, and writes
 structured events to `events.jsonl` beside it as the lines arrive: start, steps, epochs,
 metrics, best model so far, early stop, test accuracy, and the error line when a command fails.
+A job whose events already hold its base model's test (a requeued one) runs with
+HPCTRAIN_BASE_TESTED=1, and its script does not test the base model again.
 While the job runs, a thread samples its GPUs (runtime/gpu.py); at its end, the runner records
 what the job's processes used (`rusage`: CPU time and peak memory), for the efficiency report.
 
@@ -29,13 +31,14 @@ from pathlib import Path
 from ..core.errors import HpctrainError, full_disk
 from ..core.layout import EVENTS, LOG, MODEL_DIR, RESERVE, SCRIPT, SETTINGS, STAGE_SCRIPTS, STAGES
 from . import events, gpu, notify
-from .logparse import LogParser
+from .logparse import BASE_TEST, LogParser
 
 
 class JobFailed(HpctrainError):
     """Raised by the runner when the job's script exits non-zero."""
 
 
+BASE_TESTED = "HPCTRAIN_BASE_TESTED"  # set for a job whose events hold its base model's test
 RESERVE_BYTES = 1 << 16  # room for the last events once the disk is full
 TAIL_LINES = 20  # the job's last lines, read for a full disk's words
 
@@ -283,15 +286,15 @@ class JobRunner:
         except ValueError as e:
             parser, gpu_seconds = None, 0.0
             settings_error = f"{SETTINGS} {e}: submit the job again"
+        earlier = list(events.read(job_dir / EVENTS))
         # A requeued job may not beat, after its restart, the best model it reported before it.
         reported_model = next(
-            (
-                e["path"]
-                for e in reversed(list(events.read(job_dir / EVENTS)))
-                if e.get("event") == "model" and e.get("path")
-            ),
+            (e["path"] for e in reversed(earlier) if e.get("event") == "model" and e.get("path")),
             None,
         )
+        env.pop(BASE_TESTED, None)
+        if any(e.get("event") == BASE_TEST for e in earlier):
+            env[BASE_TESTED] = "1"  # a requeued job does not test its base model again
         reserve = hold_reserve(job_dir)
         try:
             code, error, best = self._watch(job_dir, env, parser, settings_error, reported_model,

@@ -23,6 +23,14 @@ CPUS="${SLURM_CPUS_PER_TASK:-$(nproc)}"
 hpctrain_step() { printf '##hpctrain {"event": "step", "step": "%s"}\n' "$1"; }
 cd /home/alice/hpc/R/Projet_A/job7-transcription
 
+# The base model's score on the same test pages, before training: what the fine-tuned model
+# gains over it. Its failure does not stop the training, and a requeued job that has the score
+# (the runner sets HPCTRAIN_BASE_TESTED) does not test again.
+if [ -z "${HPCTRAIN_BASE_TESTED:-}" ]; then
+    printf '%s\n' '##hpctrain {"event": "step", "step": "base_test", "model": "tridis_v2"}'
+    ketos test -d cuda:0 --workers "${CPUS}" -m /home/alice/hpc/Model_de_base/tridis_v2.mlmodel -f binary /home/alice/hpc/C/job7/test.arrow || echo "Error: testing the base model failed (exit code $?); the training goes on"
+fi
+
 hpctrain_step train
 mkdir -p /home/alice/hpc/R/Projet_A/job7-transcription/model
 ketos train -d cuda:0 --workers "${CPUS}" -f binary -o /home/alice/hpc/R/Projet_A/job7-transcription/model/model --optimizer Adam -r 0.0001 --augment -q early --lag 10 --min-epochs 20 -N 50 -i /home/alice/hpc/Model_de_base/tridis_v2.mlmodel --resize new --pad 24 -e /home/alice/hpc/R/Projet_A/job7-transcription/split/validation_arrow.txt /home/alice/hpc/C/job7/train.arrow

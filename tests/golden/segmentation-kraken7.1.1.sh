@@ -20,6 +20,14 @@ CPUS="${SLURM_CPUS_PER_TASK:-$(nproc)}"
 hpctrain_step() { printf '##hpctrain {"event": "step", "step": "%s"}\n' "$1"; }
 cd /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation
 
+# The base model's score on the same test pages, before training: what the fine-tuned model
+# gains over it. Its failure does not stop the training, and a requeued job that has the score
+# (the runner sets HPCTRAIN_BASE_TESTED) does not test again.
+if [ -z "${HPCTRAIN_BASE_TESTED:-}" ]; then
+    printf '%s\n' '##hpctrain {"event": "step", "step": "base_test", "model": "blla"}'
+    ketos -d cuda:0 --workers "${CPUS}" --threads "${CPUS}" segtest -m /home/alice/hpc/Model_de_base/blla.mlmodel -f page -e /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/split/test.txt || echo "Error: testing the base model failed (exit code $?); the training goes on"
+fi
+
 hpctrain_step train
 mkdir -p /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/model
 # A requeued job starts again here: it continues from the newest checkpoint ketos left, if any
@@ -31,4 +39,10 @@ if [ -n "$RESUME" ]; then
     ketos -d cuda:0 --workers "${CPUS}" --threads "${CPUS}" segtrain --resume "${RESUME}" -f page -o /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/model --weights-format coreml --optimizer Adam -r 0.0001 --augment -q early --lag 20 --min-epochs 60 -N 200 -t /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/split/train.txt -e /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/split/validation.txt
 else
     ketos -d cuda:0 --workers "${CPUS}" --threads "${CPUS}" segtrain -f page -o /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/model --weights-format coreml --optimizer Adam -r 0.0001 --augment -q early --lag 20 --min-epochs 60 -N 200 -i /home/alice/hpc/Model_de_base/blla.mlmodel --resize new -t /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/split/train.txt -e /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/split/validation.txt
+fi
+
+BEST_MODEL="$(ls -1t /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/model/best_*.mlmodel 2>/dev/null | head -n 1 || true)"
+if [ -n "$BEST_MODEL" ]; then
+    hpctrain_step test
+    ketos -d cuda:0 --workers "${CPUS}" --threads "${CPUS}" segtest -m "${BEST_MODEL}" -f page -e /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/split/test.txt || echo "warning: testing the fine-tuned model failed (exit code $?)"
 fi

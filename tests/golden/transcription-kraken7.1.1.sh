@@ -34,6 +34,14 @@ if ! "${KETOS_PYTHON}" /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-t
         || echo "warning: could not record the compiled data; a requeue will compile again"
 fi
 
+# The base model's score on the same test pages, before training: what the fine-tuned model
+# gains over it. Its failure does not stop the training, and a requeued job that has the score
+# (the runner sets HPCTRAIN_BASE_TESTED) does not test again.
+if [ -z "${HPCTRAIN_BASE_TESTED:-}" ]; then
+    printf '%s\n' '##hpctrain {"event": "step", "step": "base_test", "model": "tridis_v2"}'
+    ketos -d cuda:0 --workers "${CPUS}" --threads "${CPUS}" test -m /home/alice/hpc/Model_de_base/tridis_v2.mlmodel -f binary /home/alice/hpc/GT_compile/Projet_A/job7/test.arrow || echo "Error: testing the base model failed (exit code $?); the training goes on"
+fi
+
 hpctrain_step train
 mkdir -p /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/model
 # A requeued job starts again here: it continues from the newest checkpoint ketos left, if any

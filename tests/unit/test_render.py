@@ -101,7 +101,8 @@ def split_command(argv: list[str], options: dict) -> tuple[list[str], str, list[
     """(top-level options, subcommand, subcommand options) of one ketos command line."""
     argv = argv[argv.index("ketos") + 1 :]
     sub_at = next(
-        i for i, tok in enumerate(argv) if tok in ("compile", "train", "segtrain", "test")
+        i for i, tok in enumerate(argv)
+        if tok in ("compile", "train", "segtrain", "test", "segtest")
     )
 
     def flags(toks):
