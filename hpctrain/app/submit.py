@@ -10,13 +10,14 @@ from ..backends import connect
 from ..cluster.api import MODEL_SUFFIXES
 from ..cluster.registry import JobRecord
 from ..core.config import Workspace, user_template_dir
-from ..core.errors import ConfigError, InvalidName, NotFoundError
+from ..core.errors import ConfigError, HpctrainError, InvalidName, NotFoundError
 from ..core.names import check_name
 from ..core.webhook import choose
 from ..jobs.render import collect_overrides
 from ..jobs.requests import JobRequest, Resources, TorchrunRequest, override_resources
 from ..jobs.torchrun import REFERENCE_TRAINER, check_module_name
-from .projects import current_project, load_project
+from .history import TimeChoice, TimeProposal, propose_time
+from .projects import Project, current_project, load_project
 from .usage import full_disk_advice
 
 
@@ -29,6 +30,7 @@ class Submitted:
     job_dir: str
     notes: tuple[str, ...] = ()
     compile_script: str | None = None  # a chained job's first stage; `script` trains
+    time: TimeChoice | None = None  # a kraken job's time limit and where it came from
 
 
 def submit(
@@ -75,8 +77,53 @@ def submit(
         if request.base:
             request, sent = _base_on_the_cluster(workspace, transport, request, dry_run)
             notes += sent
+        request, time, said = _choose_time(transport, request, project,
+                                           (resources or {}).get("time") is not None, dry_run)
+        notes += said
         done = transport.cluster.submit(request, dry_run=dry_run)
-    return Submitted(done.job, done.script, done.job_dir, tuple(notes), done.compile_script)
+    return Submitted(done.job, done.script, done.job_dir, tuple(notes), done.compile_script,
+                     time)
+
+
+HISTORY_KINDS = ("transcription", "segmentation")  # the kinds that train in epochs
+
+
+def _choose_time(transport, request: JobRequest, project: Project, flag: bool,
+                 dry_run: bool) -> tuple[JobRequest, TimeChoice, list[str]]:
+    """The job's time limit: --time > the project file's `time:` > learned from the project's
+    earlier jobs (app/history.py) > the default. A dry run also says what history proposes."""
+    given = "flag" if flag else "project" if project.time_written else None
+    if request.kind not in HISTORY_KINDS or (given and not dry_run):
+        return request, TimeChoice(request.resources.time, given or "default"), []
+    proposal = _proposal(transport, request)
+    time = request.resources.time
+    if given:
+        where = "--time" if given == "flag" else (
+            f"projects/{project.name}.yaml (set resources.time to null to learn it)")
+        learned = f" (history would give {proposal.time} {proposal.basis()})" if proposal else ""
+        return request, TimeChoice(time, given, proposal), [f"time {time} from {where}{learned}"]
+    if proposal is None:
+        where = request.resources.partition or "the default partition"
+        said = [f"time {time} (the default: no earlier {request.kind} job of {project.name} on "
+                f"{where} timed an epoch to learn from)"] if dry_run else []
+        return request, TimeChoice(time, "default"), said
+    request = replace(request, resources=replace(request.resources, time=proposal.time))
+    return request, TimeChoice(proposal.time, "history", proposal), [proposal.line()]
+
+
+def _proposal(transport, request: JobRequest) -> TimeProposal | None:
+    """What the project's earlier jobs propose; none when the cluster side cannot say."""
+    partition = request.resources.partition
+    try:
+        history = transport.cluster.outcomes(project=request.project)
+        if propose_time(history, request.kind, partition, request.params) is None:
+            return None  # nothing to learn from: Slurm's limits need not be asked
+        limits = [p for p in transport.cluster.partitions()
+                  if (p.name == partition if partition else p.default)]
+    except HpctrainError:
+        return None
+    cap = (limits[0].name, limits[0].max_time) if limits and limits[0].max_time else None
+    return propose_time(history, request.kind, partition, request.params, cap)
 
 
 def _base_on_the_cluster(workspace: Workspace, transport, request: JobRequest,

@@ -101,6 +101,7 @@ CALLS = {
     "partitions": {"refresh": False},  # the local executor's: none (Slurm's: test_preflight_cli)
     "submit": {"request": KRAKEN, "dry_run": True},
     "submit_torchrun": {"request": TORCHRUN, "dry_run": True},
+    "outcomes": {"job_ids": [1]},
 }
 
 
@@ -115,7 +116,8 @@ def comparable(result):
         return replace(result, elapsed=None)
     if hasattr(result, "rows"):
         return replace(result, rows=comparable(result.rows))
-    if hasattr(result, "job") and (hasattr(result, "files") or hasattr(result, "efficiency")):
+    if hasattr(result, "job") and (hasattr(result, "files") or hasattr(result, "efficiency")
+                                   or hasattr(result, "test_sha256")):
         return replace(result, job=comparable(result.job))
     return result
 
