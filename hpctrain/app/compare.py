@@ -111,8 +111,9 @@ def rank(outcomes: list[JobOutcome]) -> Comparison:
     _place(found.ranked, lower)
     if reference.test_sha256 is None:
         found.warnings.append(
-            "hpctrain recorded no test pages for these jobs (a torchrun script tests on its own "
-            "data): the ranking assumes they were tested on the same data")
+            f"job {reference.job.id} has no test split list (a torchrun script tests on its own "
+            "data; a kraken job's folder may have lost it): the jobs ranked with it are assumed "
+            "to be tested on the same data")
     return found
 
 
