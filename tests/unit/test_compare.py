@@ -184,7 +184,7 @@ def test_a_loss_ranks_lowest_first():
     found = rank([outcome(1, kind="torchrun", metric="val_loss", value=0.3, sha=None),
                   outcome(2, kind="torchrun", metric="val_loss", value=0.1, sha=None)])
     assert found.lower_is_better and [r.job for r in found.ranked] == [2, 1]
-    assert any("no test pages" in w for w in found.warnings)
+    assert any("has no test split list" in w for w in found.warnings)
 
 
 def test_the_base_score_is_read_when_the_job_has_one():
