@@ -46,6 +46,9 @@ class Project:
     alerts: tuple = ()  # alerts.Alert bounds on metrics, checked every epoch
     # the project's webhook (core/webhook.py); None: the profile's; False: none for this project
     notify: Webhook | bool | None = None
+    # `resources: time:` is written in the file (not null): it wins over a time learned from
+    # the project's earlier jobs (app/history.py); else resources.time is the default
+    time_written: bool = False
 
     def ground_truth_path(self, workspace: Workspace) -> Path:
         path = Path(self.ground_truth).expanduser()
@@ -81,12 +84,20 @@ def project_from_mapping(name: str, data: Mapping[str, Any], where: str) -> Proj
             data.get("segmentation"), SEGMENTATION_DEFAULTS, f"{where} segmentation"
         ),
         resources=validate_resources(
-            _section(Resources, data.get("resources"), f"{where} resources"), f"{where} resources"
+            _section(Resources, _unset_time_dropped(data.get("resources"), where),
+                     f"{where} resources"), f"{where} resources"
         ),
+        time_written=section(data.get("resources"), where).get("time") is not None,
         alerts=alerts_from_list(data.get("alerts"), f"{where}"),
         notify=False if data.get("notify") is False else webhook_from_value(
             data.get("notify"), where),
     )
+
+
+def _unset_time_dropped(data: Any, where: str) -> Mapping[str, Any]:
+    """`time: null` means "not chosen": the default, or what the project's history says."""
+    found = section(data, f"{where} resources")
+    return {k: v for k, v in found.items() if not (k == "time" and v is None)}
 
 
 def _params(data: Any, defaults: dict, where: str) -> TrainParams:

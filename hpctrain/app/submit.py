@@ -10,13 +10,14 @@ from ..backends import connect
 from ..cluster.api import MODEL_SUFFIXES
 from ..cluster.registry import JobRecord
 from ..core.config import Workspace, user_template_dir
-from ..core.errors import ConfigError, InvalidName, NotFoundError
+from ..core.errors import ConfigError, HpctrainError, InvalidName, NotFoundError
 from ..core.names import check_name
 from ..core.webhook import choose
 from ..jobs.render import collect_overrides
 from ..jobs.requests import JobRequest, Resources, TorchrunRequest, override_resources
 from ..jobs.torchrun import REFERENCE_TRAINER, check_module_name
-from .projects import current_project, load_project
+from .history import TimeChoice, TimeProposal, propose_time
+from .projects import Project, current_project, load_project
 from .usage import full_disk_advice
 
 
@@ -29,6 +30,7 @@ class Submitted:
     job_dir: str
     notes: tuple[str, ...] = ()
     compile_script: str | None = None  # a chained job's first stage; `script` trains
+    time: TimeChoice | None = None  # a kraken job's time limit and where it came from
 
 
 def submit(
@@ -44,12 +46,17 @@ def submit(
     """Submit a kraken job of project `name` (None: the current project). With `preflight`
     (Slurm), the cluster side first checks it against its partition (cluster/partitions.py)."""
     request, notes = kraken_request(workspace, kind, name, base, no_base, resources, preflight)
+    project = load_project(workspace, request.project)
     with connect(workspace) as transport, full_disk_advice(transport, request.project):
         if request.base:
             request, sent = _base_on_the_cluster(workspace, transport, request, dry_run)
             notes += sent
+        request, time, said = _choose_time(transport, request, project,
+                                           (resources or {}).get("time") is not None, dry_run)
+        notes += said
         done = transport.cluster.submit(request, dry_run=dry_run)
-    return Submitted(done.job, done.script, done.job_dir, tuple(notes), done.compile_script)
+    return Submitted(done.job, done.script, done.job_dir, tuple(notes), done.compile_script,
+                     time)
 
 
 def kraken_request(

@@ -15,6 +15,7 @@ from pathlib import Path
 from .. import __version__
 from ..cluster.api import (
     FetchPlan,
+    JobOutcome,
     JobReport,
     JobStatus,
     StatusReport,
@@ -54,7 +55,7 @@ def _encode(result):
             "job_dir": result.job_dir,
             "compile_script": result.compile_script,
         }
-    if isinstance(result, (JobReport, SweepSubmission)):
+    if isinstance(result, (JobReport, SweepSubmission, JobOutcome)):
         return result.to_json()
     if isinstance(result, (JobStatus, FetchPlan, StatusReport, Usage, Partition)):
         return asdict(result)
@@ -176,6 +177,13 @@ class RemoteCluster:
 
     def report(self, job_id: int) -> JobReport:
         return JobReport.from_json(self._call("report", job_id=int(job_id)))
+
+    def outcomes(
+        self, job_ids: list[int] | None = None, project: str | None = None
+    ) -> list[JobOutcome]:
+        ids = [int(i) for i in job_ids] if job_ids is not None else None
+        found = self._call("outcomes", job_ids=ids, project=project)
+        return [JobOutcome.from_json(item) for item in found]
 
     def read_log(self, job_id: int, offset: int = 0) -> tuple[str, int]:
         text, new_offset = self._call("read_log", job_id=int(job_id), offset=offset)

@@ -4,7 +4,7 @@ imports nothing heavy (each command imports its `hpctrain.app` module when it ru
 from __future__ import annotations
 
 # noqa: F401 below: importing them registers their commands
-from . import files, follow, report, results, submit, workspace  # noqa: F401
+from . import compare, files, follow, report, results, submit, workspace  # noqa: F401
 from .main import main
 
 __all__ = ["main"]

@@ -1,7 +1,7 @@
 """The command group, its error handling and output helpers.
 
-Each command module (workspace, files, submit, follow, results, report) parses, calls one
-function of `hpctrain.app`, and prints. An HpctrainError becomes one line here, and only here.
+Each command module (workspace, files, submit, follow, results, report, compare) parses, calls
+one function of `hpctrain.app`, and prints. An HpctrainError becomes one line here, and only here.
 """
 
 from __future__ import annotations

@@ -20,7 +20,9 @@ preflight_option = click.option(
 def _submit_command(kind: str, summary: str, example: str):
     @click.argument("project_name", metavar="[PROJECT]", required=False)
     @click.option("--partition", help="Slurm partition.")
-    @click.option("--time", "time_limit", help="Wall-clock limit, e.g. 05:00:00.")
+    @click.option("--time", "time_limit",
+                  help="Wall-clock limit, e.g. 05:00:00 (default: the project's time, else "
+                       "learned from its earlier jobs on the partition, else 05:00:00).")
     @click.option("--gpus", type=int, help="GPUs per node.")
     @click.option("--cpus", type=int, help="CPUs per task (data-loader workers follow it).")
     @click.option("--mem", help="Memory, e.g. 32G.")
@@ -96,6 +98,7 @@ def _print_submission(result, kind: str, dry_run: bool, as_json: bool) -> None:
                 "script": result.script,
                 "compile_script": result.compile_script,
                 "dry_run": dry_run,
+                "time": result.time.to_json() if result.time else None,
             }
         )
     elif dry_run and result.compile_script:
@@ -132,6 +135,10 @@ def submit():
     Under Slurm, a job is first checked against its partition (time limit, CPUs, GPUs, memory
     and features of one node, who may use it): one line says what is allowed, and nothing is
     queued. 'hpctrain partitions' shows the limits; --no-preflight skips the check.
+
+    Without --time, a transcription or segmentation takes the project file's 'time:', else a
+    limit learned from the project's earlier jobs on the same partition (one line says how;
+    --dry-run shows it), else 05:00:00.
     """
 
 

@@ -119,6 +119,26 @@ class JobReport:
 
 
 @dataclass
+class JobOutcome:
+    """What `compare` ranks a job by and `submit` learns a time limit from (cluster/outcomes.py):
+    its status row and what its folder says beyond it."""
+
+    job: JobStatus
+    test_sha256: str | None = None  # of its test split list (model.json's digest); None: none
+    test_pages: int | None = None
+    request: dict = field(default_factory=dict)  # the request as the registry recorded it
+    time_to_best: float | None = None  # seconds from its training's first start to its best
+    events_damaged: bool = False  # lines of its events file were skipped, or it is unreadable
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "JobOutcome":
+        return cls(**{**data, "job": JobStatus(**data["job"])})
+
+
+@dataclass
 class StatusReport:
     """`hpctrain status`: one row per job, and one line each for what kept a job out of them (a
     damaged registry record) and what the scheduler could not tell (accounting off)."""
@@ -209,6 +229,13 @@ class ClusterOps(Protocol):
 
     def report(self, job_id: int) -> JobReport:
         """The row of one job and its efficiency: queue wait, CPU, memory, GPU, a suggestion."""
+        ...
+
+    def outcomes(
+        self, job_ids: list[int] | None = None, project: str | None = None
+    ) -> list[JobOutcome]:
+        """The rows of `status` (the same jobs), each with its test pages' SHA-256, its recorded
+        request and its time to best; for `compare` and the time limit learned from history."""
         ...
 
     def read_log(self, job_id: int, offset: int = 0) -> tuple[str, int]:

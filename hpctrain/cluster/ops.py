@@ -50,12 +50,13 @@ from ..jobs.sweep import SweepRequest
 from ..jobs.sweep import with_values as sweep_values_of
 from ..runtime import events, notify
 from ..runtime.runner import RESERVE_BYTES, disk_full_error, read_settings
-from . import efficiency, polling, provenance
+from . import efficiency, outcomes, polling, provenance
 from . import partitions as slurm_partitions
 from . import usage as sizes
 from .api import (
     MODEL_SUFFIXES,
     FetchPlan,
+    JobOutcome,
     JobReport,
     JobStatus,
     StatusReport,
@@ -675,6 +676,15 @@ class ClusterSide:
         found = efficiency.measure_jobs(self.root, scheduler_for(self.executor, self.root),
                                         [(record, JobState(row.state))])
         return JobReport(row, found[record.id])
+
+    def outcomes(
+        self, job_ids: list[int] | None = None, project: str | None = None
+    ) -> list[JobOutcome]:
+        """The status rows of those jobs, each with what its folder says (cluster/outcomes.py)."""
+        rows = self.status(job_ids, project).rows
+        with self.registry() as registry:
+            records = [registry.get(row.id) for row in rows]
+        return [outcomes.of_job(self.root, record, row) for record, row in zip(records, rows)]
 
     def read_log(self, job_id: int, offset: int = 0) -> tuple[str, int]:
         """Up to LOG_CHUNK bytes of the raw log from `offset`, cut at a line end; the new offset."""

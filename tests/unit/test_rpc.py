@@ -104,6 +104,7 @@ CALLS = {
     "submit_torchrun": {"request": TORCHRUN, "dry_run": True},
     "submit_sweep": {"sweep": SweepRequest(KRAKEN, ({"epochs": 3}, {"epochs": 4})),
                      "dry_run": True},
+    "outcomes": {"job_ids": [1]},
 }
 
 
@@ -118,7 +119,8 @@ def comparable(result):
         return replace(result, elapsed=None)
     if hasattr(result, "rows"):
         return replace(result, rows=comparable(result.rows))
-    if hasattr(result, "job") and (hasattr(result, "files") or hasattr(result, "efficiency")):
+    if hasattr(result, "job") and (hasattr(result, "files") or hasattr(result, "efficiency")
+                                   or hasattr(result, "test_sha256")):
         return replace(result, job=comparable(result.job))
     return result
 
