@@ -113,6 +113,8 @@ def render(curves: list[Curve]) -> bytes:
     if with_loss:
         axes[1].set_ylabel(", ".join(sorted({c.loss for c in curves if c.loss})))
         axes[1].legend(fontsize="small", loc="best")
+        if _spread([v for c in curves for v in c.losses if v is not None]) > 100:
+            axes[1].set_yscale("log")  # a loss falling from 80 to 0.1 stays readable
     for ax in axes:
         ax.grid(True, alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -144,7 +146,15 @@ def _title(curves: list[Curve]) -> str:
     jobs = ", ".join(str(c.job) for c in curves)
     if len(curves) == 1:
         return f"{projects}: job {jobs}"
-    return f"{projects}: jobs {jobs} (★ best epoch, dashed: base model)"
+    dashed = ", dashed: base model" if any(c.base_value is not None for c in curves) else ""
+    return f"{projects}: jobs {jobs} (★ best epoch{dashed})"
+
+
+def _spread(values: list[float]) -> float:
+    """max / min of positive values; 0 when there are none or some are not positive."""
+    if not values or min(values) <= 0:
+        return 0.0
+    return max(values) / min(values)
 
 
 def _nan(values: list) -> list[float]:

@@ -80,6 +80,19 @@ def test_a_ketos_training_folds_into_its_series():
     assert curve.test == {"char_accuracy": 0.91}
 
 
+def test_a_real_ketos_7_log_folds_into_its_curve():
+    from hpctrain.runtime.logparse import parse_file
+
+    fixtures = Path(__file__).parents[1] / "fixtures" / "ketos7"
+    curve = fold(parse_file(fixtures / "train_fixed.log"))
+    assert curve.epochs == list(range(1, 26)) and curve.metric == "val_accuracy"
+    assert curve.values[0] == 0.0 and curve.values[-1] == 0.988
+    assert curve.loss == "train_loss_epoch" and curve.losses[0] == 84.601
+    assert (curve.best_epoch, curve.best_value) == (25, 0.988)
+    segmentation = fold(parse_file(fixtures / "segtrain_fixed.log"))
+    assert segmentation.metric == "val_mean_iu" and segmentation.values == [0.29, 0.3]
+
+
 def test_a_scripts_flat_metrics_and_a_requeue_keep_the_last_value_of_an_epoch():
     flat = [{"event": "metrics", "epoch": e, "total": 3, "train_loss": 1.0 / e, "val_auc": v,
              "seconds": 4.2, "t": e} for e, v in ((1, 0.6), (2, 0.7), (2, 0.75), (3, 0.8))]
