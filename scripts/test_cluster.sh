@@ -22,7 +22,8 @@ SSH_PORT="${HPCTRAIN_TEST_SSH_PORT:-2222}"
 KRAKEN_VENV="${HPCTRAIN_TEST_KRAKEN_VENV:-/opt/hpctrain-test-kraken}"
 QUOTA_SIZE="${HPCTRAIN_TEST_QUOTA_SIZE:-64m}"
 MULTI_NODES="n[1-2]"
-PACKAGES=(slurm-wlm slurmdbd munge openssh-server mariadb-server rsync procps sshfs)
+# chromium: the headless browser that opens `report --html` (tests/integration/test_report_browser.py)
+PACKAGES=(slurm-wlm slurmdbd munge openssh-server mariadb-server rsync procps sshfs chromium)
 # The second login node's view of the cluster home: the same home through a network filesystem.
 GLOGIN="${HPCTRAIN_TEST_GLOGIN:-/mnt/hpc-glogin}"
 DB_PASSWORD_FILE="$STATE/db-password"

@@ -15,6 +15,7 @@ from ..cluster.api import JobStatus, inside_job
 from ..core.config import Workspace
 from ..core.errors import HpctrainError, TransportError
 from ..core.files import write_text
+from . import plot
 from .projects import current_project
 
 
@@ -24,6 +25,7 @@ class FetchResult:
     destination: Path
     files: list[str] = field(default_factory=list)
     model: str | None = None  # the model, relative to the workspace
+    notes: list[str] = field(default_factory=list)  # e.g. why curves.png was not drawn
 
 
 @dataclass
@@ -48,7 +50,8 @@ def fetch(workspace: Workspace, target: str | None = None) -> FetchReport:
     with connect(workspace) as transport:
         if target:
             result = _fetch_one(workspace, transport, target)
-            return FetchReport([result], warnings=job_warnings([result.job]))
+            return FetchReport([result], notes=result.notes,
+                               warnings=job_warnings([result.job]))
         name, why = current_project(workspace)
         found = transport.cluster.status(project=name)
         jobs = found.rows
@@ -59,6 +62,7 @@ def fetch(workspace: Workspace, target: str | None = None) -> FetchReport:
                 continue
             try:
                 report.results.append(_fetch_one(workspace, transport, str(job.id)))
+                report.notes += report.results[-1].notes
             except HpctrainError as e:
                 report.warnings.append(f"job {job.id}: not fetched: {e}")
     return report
@@ -89,7 +93,20 @@ def _fetch_one(workspace: Workspace, transport, target: str) -> FetchResult:
         write_text(destination / provenance.MODEL_JSON, json.dumps(record, indent=1) + "\n")
         result.files.append(str((destination / provenance.MODEL_JSON)
                                 .relative_to(workspace.path)))
+        _draw_curves(workspace, transport, result)
     return result
+
+
+def _draw_curves(workspace: Workspace, transport, result: FetchResult) -> None:
+    """curves.png beside the model; a picture that cannot be drawn (no matplotlib, no epoch)
+    is a note, never a failed fetch."""
+    try:
+        curves, _ = plot.drawable(transport.cluster.curves([result.job.id]))
+        path = plot.save(curves, result.destination / plot.CURVES_PNG)
+    except (HpctrainError, OSError) as e:
+        result.notes.append(f"job {result.job.id}: {plot.CURVES_PNG} not drawn: {e}")
+        return
+    result.files.append(str(path.relative_to(workspace.path)))
 
 
 def _inside(destination: Path, rel: str) -> Path:

@@ -29,6 +29,7 @@ from ..cluster.registry import JobRecord
 from ..core import errors
 from ..core.config import Tree, user_template_dir
 from ..core.errors import HpctrainError, TransportError
+from ..runtime.curves import Curve
 from ..jobs.requests import (
     JobRequest,
     TorchrunRequest,
@@ -57,7 +58,7 @@ def _encode(result):
         }
     if isinstance(result, (JobReport, SweepSubmission, JobOutcome)):
         return result.to_json()
-    if isinstance(result, (JobStatus, FetchPlan, StatusReport, Usage, Partition)):
+    if isinstance(result, (JobStatus, FetchPlan, StatusReport, Usage, Partition, Curve)):
         return asdict(result)
     if isinstance(result, (list, tuple)):
         return [_encode(r) for r in result]
@@ -214,3 +215,6 @@ class RemoteCluster:
 
     def notify_test(self, setting: dict) -> dict:
         return self._call("notify_test", setting=setting)
+
+    def curves(self, job_ids: list[int]) -> list[Curve]:
+        return [Curve(**c) for c in self._call("curves", job_ids=[int(i) for i in job_ids])]

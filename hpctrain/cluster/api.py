@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 from ..core.errors import TransportError
 from ..jobs.requests import JobRequest, TorchrunRequest
 from ..jobs.sweep import SweepRequest
+from ..runtime.curves import Curve
 from .efficiency import Efficiency
 from .partitions import Partition
 from .registry import JobRecord
@@ -275,6 +276,11 @@ class ClusterOps(Protocol):
     def notify_test(self, setting: dict) -> dict:
         """Send one test notification to a webhook (core/webhook.Webhook.to_json()) from the
         cluster side: to (redacted), status, sent_from."""
+        ...
+
+    def curves(self, job_ids: list[int]) -> list[Curve]:
+        """Each job's training curves (runtime/curves.py), in the order asked: the validation
+        metric and training loss per epoch, the best epoch, the base model's score."""
         ...
 
 

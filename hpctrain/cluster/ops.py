@@ -48,6 +48,7 @@ from ..jobs.requests import JobRequest, TorchrunRequest, recorded
 from ..jobs.split import split_pages
 from ..jobs.sweep import SweepRequest
 from ..jobs.sweep import with_values as sweep_values_of
+from ..runtime import curves as training_curves
 from ..runtime import events, notify
 from ..runtime.runner import RESERVE_BYTES, disk_full_error, read_settings
 from . import efficiency, outcomes, polling, provenance
@@ -788,6 +789,17 @@ class ClusterSide:
                 f"project {target!r} has no completed job with a model yet: see 'hpctrain status'"
             )
         return done[-1]
+
+    def curves(self, job_ids: list[int]) -> list[training_curves.Curve]:
+        """Each job's curves from its events; an unknown job is refused (NotFoundError)."""
+        with self.registry() as registry:
+            records = [registry.get(int(job_id)) for job_id in job_ids]
+        found = []
+        for record in records:
+            curve = training_curves.fold(events.read(self.root / record.job_dir / EVENTS))
+            curve.job, curve.project, curve.kind = record.id, record.project, record.kind
+            found.append(curve)
+        return found
 
     # -- space and cleaning ---------------------------------------------------------------
     def usage(self, project: str | None = None) -> Usage:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-HEAVY = ("paramiko", "submitit", "torch", "kraken", "jinja2", "numpy")
+HEAVY = ("paramiko", "submitit", "torch", "kraken", "jinja2", "numpy", "matplotlib")
 PROBE = """
 import json, sys
 from hpctrain.cli import main
@@ -20,7 +20,8 @@ print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & set(%r))), file
 """
 
 
-@pytest.mark.parametrize("args", [["--help"], ["status"], ["submit", "--help"], ["push", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["status"], ["submit", "--help"], ["push", "--help"],
+                                  ["plot", "--help"], ["report", "--help"]])
 def test_no_heavy_imports(workspace, args):
     done = subprocess.run(
         [sys.executable, "-c", PROBE % (HEAVY,), "-w", str(workspace), *args],

@@ -94,6 +94,7 @@ CALLS = {
     "status": {},
     "job": {"job_id": 1},
     "report": {"job_id": 1},
+    "curves": {"job_ids": [1]},
     "read_log": {"job_id": 1, "offset": 3},
     "fetch_plan": {"target": "Demo"},
     "clean_plan": {"project": "Demo"},
