@@ -19,6 +19,7 @@ from ..backends import connect
 from ..cluster.api import JobOutcome
 from ..core.config import Workspace
 from ..core.errors import ConfigError
+from .sweep import expand_targets
 
 # Test metrics in the order a job's `test` event is searched: transcription, segmentation, others.
 TEST_METRICS = ("char_accuracy", "mean_iu", "accuracy", "word_accuracy", "auc")
@@ -62,17 +63,6 @@ class Comparison:
 
     def to_json(self) -> dict:
         return {**asdict(self), "ranked_by": self.ranked_by}
-
-
-def expand_targets(ops, targets: list[str]) -> list[int]:
-    """Job ids from the command line (a sweep id is expanded where sweeps exist: app/sweep.py)."""
-    ids = []
-    for target in targets:
-        if not str(target).isdigit():
-            raise ConfigError(f"{target!r} is not a job id: give job numbers as 'hpctrain "
-                              "status' shows them, e.g. 'hpctrain compare 12 13 14'")
-        ids.append(int(target))
-    return ids
 
 
 def compare(workspace: Workspace, targets: list[str]) -> Comparison:

@@ -16,8 +16,8 @@ from ..backends import connect
 from ..core.config import Workspace
 from ..core.errors import HpctrainError
 from ..core.files import atomic_target
-from ..core.names import check_job_id
 from ..runtime.curves import Curve
+from .sweep import expand_targets
 
 INSTALL = "pip install 'hpctrain[plot]'"
 CURVES_PNG = "curves.png"  # what fetch writes beside the model
@@ -32,16 +32,6 @@ class PlotResult:
     path: Path
     curves: list[Curve]
     notes: list[str] = field(default_factory=list)  # jobs left out of the picture, and why
-
-
-def expand_targets(ops, targets: list[str]) -> list[int]:
-    """Job ids, in order, without repeats. (Sweep ids expand once sweeps exist: app/sweep.py.)"""
-    found: list[int] = []
-    for target in targets:
-        job_id = check_job_id(target)
-        if job_id not in found:
-            found.append(job_id)
-    return found
 
 
 def job_curves(workspace: Workspace, targets: list[str]) -> list[Curve]:

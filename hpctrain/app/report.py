@@ -23,6 +23,7 @@ from ..core.layout import SCRIPT
 from . import plot
 from .fetch import destination_of
 from .report_html import JobPage, render_page
+from .sweep import expand_targets
 
 
 def report(workspace: Workspace, job_id: int) -> JobReport:
@@ -44,7 +45,7 @@ def html_report(workspace: Workspace, targets: list[str], output: Path | None = 
     notes: list[str] = []
     with connect(workspace) as transport:
         cluster = transport.cluster
-        ids = plot.expand_targets(cluster, targets)
+        ids = expand_targets(cluster, targets)
         curves = {c.job: c for c in cluster.curves(ids)}
         pages = [_page(workspace, transport, cluster.report(i), curves.get(i)) for i in ids]
     picture = _picture(list(curves.values()), notes)

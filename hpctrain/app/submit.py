@@ -101,6 +101,47 @@ def kraken_request(
     return request, notes
 
 
+HISTORY_KINDS = ("transcription", "segmentation")  # the kinds that train in epochs
+
+
+def _choose_time(transport, request: JobRequest, project: Project, flag: bool,
+                 dry_run: bool) -> tuple[JobRequest, TimeChoice, list[str]]:
+    """The job's time limit: --time > the project file's `time:` > learned from the project's
+    earlier jobs (app/history.py) > the default. A dry run also says what history proposes."""
+    given = "flag" if flag else "project" if project.time_written else None
+    if request.kind not in HISTORY_KINDS or (given and not dry_run):
+        return request, TimeChoice(request.resources.time, given or "default"), []
+    proposal = _proposal(transport, request)
+    time = request.resources.time
+    if given:
+        where = "--time" if given == "flag" else (
+            f"projects/{project.name}.yaml (set resources.time to null to learn it)")
+        learned = f" (history would give {proposal.time} {proposal.basis()})" if proposal else ""
+        return request, TimeChoice(time, given, proposal), [f"time {time} from {where}{learned}"]
+    if proposal is None:
+        where = request.resources.partition or "the default partition"
+        said = [f"time {time} (the default: no earlier {request.kind} job of {project.name} on "
+                f"{where} timed an epoch to learn from)"] if dry_run else []
+        return request, TimeChoice(time, "default"), said
+    request = replace(request, resources=replace(request.resources, time=proposal.time))
+    return request, TimeChoice(proposal.time, "history", proposal), [proposal.line()]
+
+
+def _proposal(transport, request: JobRequest) -> TimeProposal | None:
+    """What the project's earlier jobs propose; none when the cluster side cannot say."""
+    partition = request.resources.partition
+    try:
+        history = transport.cluster.outcomes(project=request.project)
+        if propose_time(history, request.kind, partition, request.params) is None:
+            return None  # nothing to learn from: Slurm's limits need not be asked
+        limits = [p for p in transport.cluster.partitions()
+                  if (p.name == partition if partition else p.default)]
+    except HpctrainError:
+        return None
+    cap = (limits[0].name, limits[0].max_time) if limits and limits[0].max_time else None
+    return propose_time(history, request.kind, partition, request.params, cap)
+
+
 def base_on_the_cluster(workspace: Workspace, transport, request: JobRequest,
                         dry_run: bool) -> tuple[JobRequest, list[str]]:
     """What `submit` does with a base model only here (for `sweep`)."""
