@@ -21,7 +21,7 @@ from hpctrain.jobs.requests import (OPTIMIZERS, RESIZE_MODES, JobRequest, Resour
                                     TrainParams, validate_params)
 
 VERSIONS = ("4.3.13", "7.1.1")
-SUBCOMMANDS = ("compile", "train", "segtrain", "test")
+SUBCOMMANDS = ("compile", "train", "segtrain", "test", "segtest")
 # Where a version's training acts on fewer values than its CLI lists: kraken 7.1.1's
 # kraken/train/vgsl.py and blla.py handle resize 'fail', 'union' and 'new' and raise
 # "invalid resize parameter value" on anything else, though `ketos train --resize` lists add/both.
