@@ -90,6 +90,15 @@ def test_a_2x2_sweep_runs_as_one_slurm_array(cli, workspace, slurm_project):
     scripts = [(f / "job.sh").read_text() for f in folders]
     assert " -r 0.0003 " in scripts[2] and " -r 0.0003 " not in scripts[0]
 
+    compared = cli("compare", str(sweep_id), "--json")
+    assert compared.exit_code == 0, compared.output
+    ranking = json.loads(compared.stdout)
+    assert sorted(r["job"] for r in ranking["ranked"]) == [r["id"] for r in rows]
+    assert ranking["other_test_pages"] == [] and ranking["unranked"] == []
+    assert ranking["test_sha256"] == digest(folders[0] / "split" / "test.txt")
+    scores = [r["score"] for r in ranking["ranked"]]
+    assert scores == sorted(scores, reverse=True)
+
     table = cli("status").stdout
     assert "4/4 COMPLETED" in table
     assert len([line for line in table.splitlines() if " Demo " in line]) == 1
