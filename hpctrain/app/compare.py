@@ -173,8 +173,9 @@ def _place(rows: list[CompareRow], lower_is_better: bool) -> None:
 
 def _other_pages(outcome: JobOutcome, reference: JobOutcome) -> str:
     sha = (outcome.test_sha256 or "")[:12] or "none recorded"
+    pages = outcome.test_pages or 0
     return (f"different test pages: job {outcome.job.id} (sha256 {sha}, "
-            f"{outcome.test_pages or 0} pages) vs job {reference.job.id}'s; name it first to "
+            f"{pages} page{'s' * (pages != 1)}) vs job {reference.job.id}'s; name it first to "
             "rank against its pages")
 
 

@@ -41,7 +41,8 @@ def render(found) -> str:
     from tabulate import tabulate
 
     better = "lower" if found.lower_is_better else "higher"
-    pages = (f"job {found.reference_job}'s {found.test_pages} test pages (sha256 "
+    plural = "s" * (found.test_pages != 1)
+    pages = (f"job {found.reference_job}'s {found.test_pages} test page{plural} (sha256 "
              f"{found.test_sha256[:12]})" if found.test_sha256 else
              f"job {found.reference_job}'s test data (no test pages recorded)")
     lines = [f"ranked by {found.ranked_by} ({better} is better) on {pages}"]

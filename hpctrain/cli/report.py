@@ -97,4 +97,5 @@ def plot(ctx, targets, output, as_json):
         print_json({"path": str(done.path), "jobs": [c.to_json() for c in done.curves],
                     "notes": done.notes})
     else:
-        click.echo(f"wrote {done.path} ({len(done.curves)} job(s))")
+        count = len(done.curves)
+        click.echo(f"wrote {done.path} ({count} job{'s' * (count != 1)})")

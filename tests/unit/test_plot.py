@@ -199,7 +199,7 @@ def test_plot_command_writes_the_png(cli, workspace, tmp_path):
     out = tmp_path / "sweep.png"
     result = cli("plot", str(first), str(second), "-o", str(out))
     assert result.exit_code == 0, result.output
-    assert f"wrote {out} (2 job(s))" in result.stdout
+    assert f"wrote {out} (2 jobs)" in result.stdout
     assert colours_like(out, ORANGE) > 300 and colours_like(out, BLUE) > 300
     data = json.loads(cli("plot", str(first), "--json", "-o", str(out)).stdout)
     assert data["jobs"][0]["values"] == [0.2, 0.5, 0.7, 0.65]
