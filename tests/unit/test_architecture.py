@@ -155,3 +155,12 @@ def test_every_transport_has_every_file_operation(implementation, member):
     assert hasattr(implementation, member), f"{implementation.__name__} lacks {member}"
     if callable(getattr(FileTransport, member)):
         assert public_signature(implementation, member) == public_signature(FileTransport, member)
+
+
+def test_every_test_module_has_its_own_name():
+    """pytest imports test modules by their file name (the test folders are not packages), so
+    two files of one name in tests/unit and tests/integration stop the whole suite at
+    collection: the integration twin of a unit test needs a name of its own."""
+    tests = Path(__file__).resolve().parents[1]
+    names = [path.name for path in tests.rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
