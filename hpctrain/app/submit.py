@@ -45,11 +45,11 @@ def submit(
 ) -> Submitted:
     """Submit a kraken job of project `name` (None: the current project). With `preflight`
     (Slurm), the cluster side first checks it against its partition (cluster/partitions.py)."""
-    request, notes = kraken_request(workspace, kind, name, base, no_base, resources, preflight)
-    project = load_project(workspace, request.project)
+    request, notes, project = kraken_request(workspace, kind, name, base, no_base, resources,
+                                             preflight)
     with connect(workspace) as transport, full_disk_advice(transport, request.project):
         if request.base:
-            request, sent = _base_on_the_cluster(workspace, transport, request, dry_run)
+            request, sent = base_on_the_cluster(workspace, transport, request, dry_run)
             notes += sent
         request, time, said = _choose_time(transport, request, project,
                                            (resources or {}).get("time") is not None, dry_run)
@@ -67,9 +67,9 @@ def kraken_request(
     no_base: bool = False,
     resources: dict | None = None,
     preflight: bool = True,
-) -> tuple[JobRequest, list[str]]:
+) -> tuple[JobRequest, list[str], Project]:
     """The request of a kraken job of project `name` (None: the current project), from the
-    project file, the profile and the flags; and what was chosen on the way (notes)."""
+    project file, the profile and the flags; what was chosen on the way (notes); the project."""
     name, why = current_project(workspace, name)
     notes = [f"project {name} ({why})"] if why else []
     project = load_project(workspace, name)
@@ -98,7 +98,7 @@ def kraken_request(
         alerts=tuple(a.to_json() for a in project.alerts), preflight=preflight,
         notify=_notify(project.notify, workspace),
     )
-    return request, notes
+    return request, notes, project
 
 
 HISTORY_KINDS = ("transcription", "segmentation")  # the kinds that train in epochs
@@ -143,12 +143,6 @@ def _proposal(transport, request: JobRequest) -> TimeProposal | None:
 
 
 def base_on_the_cluster(workspace: Workspace, transport, request: JobRequest,
-                        dry_run: bool) -> tuple[JobRequest, list[str]]:
-    """What `submit` does with a base model only here (for `sweep`)."""
-    return _base_on_the_cluster(workspace, transport, request, dry_run)
-
-
-def _base_on_the_cluster(workspace: Workspace, transport, request: JobRequest,
                          dry_run: bool) -> tuple[JobRequest, list[str]]:
     """A base model only in models/base/ here is sent first; one on neither side is refused
     before anything is queued."""

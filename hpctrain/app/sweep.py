@@ -52,7 +52,8 @@ def sweep(
     if kind not in SWEPT_KINDS:
         raise SweepError(f"a sweep trains: choose {', '.join(SWEPT_KINDS)} or torchrun")
     grid = parse_sets(sets)
-    request, notes = kraken_request(workspace, kind, name, base, no_base, resources, preflight)
+    request, notes, _ = kraken_request(workspace, kind, name, base, no_base, resources,
+                                       preflight)
     if request.resources.compile_partition and workspace.profile.executor == "slurm":
         notes.append(f"compile_partition {request.resources.compile_partition} not used: each "
                      "task of a sweep compiles inside its own job")
