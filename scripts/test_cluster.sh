@@ -14,16 +14,29 @@
 # ($HPCTRAIN_TEST_KRAKEN_VENV, /opt/hpctrain-test-kraken), as a site's `module load kraken` would give it.
 # A small tmpfs ($HPCTRAIN_TEST_QUOTA_SIZE, 64 MB) owned by the test user is mounted at ~/quota: a
 # filesystem that fills up, for tests/integration/test_quota_fs.py. Needs root and no systemd. Loopback only.
+# Two more sshd take a password only (2223) and a password then a TOTP code through PAM (2224); the
+# password and the TOTP secret are written, root-only, to $STATE/client/. Lmod gives the jobs
+# `module load kraken/4.3.13` (the default) and `kraken/7.1.1`, each a venv of its own.
 set -euo pipefail
 
 STATE="${HPCTRAIN_TEST_CLUSTER:-/var/lib/hpctrain-test-cluster}"
 CLUSTER_USER="${HPCTRAIN_TEST_USER:-hpcuser}"
 SSH_PORT="${HPCTRAIN_TEST_SSH_PORT:-2222}"
+# Two more sshd on loopback, as the guide's users log in: a password only (2223), and a password
+# then a one-time code (TOTP) through PAM (2224).
+PW_SSH_PORT="${HPCTRAIN_TEST_PW_SSH_PORT:-2223}"
+OTP_SSH_PORT="${HPCTRAIN_TEST_OTP_SSH_PORT:-2224}"
 KRAKEN_VENV="${HPCTRAIN_TEST_KRAKEN_VENV:-/opt/hpctrain-test-kraken}"
+# kraken 4.3.13, the guide's cluster's `module load kraken`, in a venv of its own (it cannot share
+# one with torch 2.13); Lmod modulefiles kraken/4.3.13 (the default) and kraken/7.1.1 load them.
+KRAKEN4_VENV="${HPCTRAIN_TEST_KRAKEN4_VENV:-/opt/hpctrain-test-kraken-4.3.13}"
+MODULEFILES=/etc/lmod/modules
 QUOTA_SIZE="${HPCTRAIN_TEST_QUOTA_SIZE:-64m}"
 MULTI_NODES="n[1-2]"
 # chromium: the headless browser that opens `report --html` (tests/integration/test_report_browser.py)
-PACKAGES=(slurm-wlm slurmdbd munge openssh-server mariadb-server rsync procps sshfs chromium)
+# lmod: the module system (`module load kraken/4.3.13`), as HPC sites have it
+PACKAGES=(slurm-wlm slurmdbd munge openssh-server mariadb-server rsync procps sshfs chromium lmod
+          libpam-google-authenticator oathtool)
 # The second login node's view of the cluster home: the same home through a network filesystem.
 GLOGIN="${HPCTRAIN_TEST_GLOGIN:-/mnt/hpc-glogin}"
 DB_PASSWORD_FILE="$STATE/db-password"
@@ -174,14 +187,62 @@ start_sshd() {
     fi
     {
         for type in ed25519 ecdsa rsa; do
-            [ -f "/etc/ssh/ssh_host_${type}_key.pub" ] &&
-                printf '[127.0.0.1]:%s %s\n' "$SSH_PORT" "$(cut -d' ' -f1,2 "/etc/ssh/ssh_host_${type}_key.pub")"
+            [ -f "/etc/ssh/ssh_host_${type}_key.pub" ] || continue
+            for port in "$SSH_PORT" "$PW_SSH_PORT" "$OTP_SSH_PORT"; do
+                printf '[127.0.0.1]:%s %s\n' "$port" "$(cut -d' ' -f1,2 "/etc/ssh/ssh_host_${type}_key.pub")"
+            done
         done
     } > "$STATE/client/known_hosts"
     chmod 644 "$STATE/client/known_hosts" "$STATE/client/id_ed25519.pub"
     wait_for 30 sshd ssh -p "$SSH_PORT" -i "$STATE/client/id_ed25519" -o BatchMode=yes \
         -o UserKnownHostsFile="$STATE/client/known_hosts" -o StrictHostKeyChecking=yes \
         "$CLUSTER_USER@127.0.0.1" true
+}
+
+# The password and the TOTP secret are the test user's, for the tests to type; root-only files.
+make_login_secrets() {
+    (umask 077
+     [ -s "$STATE/client/password" ] || head -c 12 /dev/urandom | base64 | tr -d '/+=' > "$STATE/client/password"
+     [ -s "$STATE/client/totp-secret" ] || head -c 20 /dev/urandom | base32 | tr -d '=' > "$STATE/client/totp-secret")
+    printf '%s:%s\n' "$CLUSTER_USER" "$(cat "$STATE/client/password")" | chpasswd
+    local home
+    home="$(getent passwd "$CLUSTER_USER" | cut -d: -f6)"
+    # google-authenticator's file: the secret, TOTP, a window of 3 codes; reuse allowed, so that
+    # two logins within one 30-second step both pass.
+    rm -f "$home/.google_authenticator"
+    printf '%s\n" TOTP_AUTH\n" WINDOW_SIZE 3\n' "$(cat "$STATE/client/totp-secret")" \
+        > "$home/.google_authenticator"
+    chown "$CLUSTER_USER:" "$home/.google_authenticator"
+    chmod 400 "$home/.google_authenticator"
+}
+
+# sshd 9.2 has no PAMServiceName: its PAM service is the name it runs under, hence a link per service.
+start_login_sshd() {  # start_login_sshd NAME PORT CONFIG-LINES...
+    local name="$1" port="$2"
+    shift 2
+    printf '%s\n' "Port $port" "ListenAddress 127.0.0.1" "AllowUsers $CLUSTER_USER" "UsePAM yes" \
+        "PermitRootLogin no" "PidFile $STATE/$name.pid" "Subsystem sftp /usr/lib/openssh/sftp-server" \
+        /etc/ssh/ssh_host_{ed25519,ecdsa,rsa}_key "$@" | sed 's|^/etc/ssh/|HostKey /etc/ssh/|' \
+        > "/etc/ssh/$name.conf"
+    ln -sfn /usr/sbin/sshd "/usr/local/sbin/$name"
+    "/usr/local/sbin/$name" -t -f "/etc/ssh/$name.conf"
+    pgrep -f "sbin/$name -f" >/dev/null || "/usr/local/sbin/$name" -f "/etc/ssh/$name.conf"
+    wait_for 30 "$name" sh -c "ssh -p $port -o BatchMode=yes -o PreferredAuthentications=none \
+        -o UserKnownHostsFile=$STATE/client/known_hosts -o StrictHostKeyChecking=yes \
+        $CLUSTER_USER@127.0.0.1 true 2>&1 | grep -q 'Permission denied'"
+}
+
+start_login_sshds() {
+    make_login_secrets
+    printf '%s\n' "auth required pam_unix.so" "@include common-account" "@include common-session" \
+        > /etc/pam.d/hpctrain-sshd-pw
+    printf '%s\n' "auth required pam_unix.so" "auth required pam_google_authenticator.so" \
+        "@include common-account" "@include common-session" > /etc/pam.d/hpctrain-sshd-otp
+    start_login_sshd hpctrain-sshd-pw "$PW_SSH_PORT" "PasswordAuthentication yes" \
+        "KbdInteractiveAuthentication no" "PubkeyAuthentication no" "AuthenticationMethods password"
+    start_login_sshd hpctrain-sshd-otp "$OTP_SSH_PORT" "PasswordAuthentication no" \
+        "KbdInteractiveAuthentication yes" "PubkeyAuthentication no" \
+        "AuthenticationMethods keyboard-interactive"
 }
 
 make_kraken_venv() {
@@ -195,6 +256,38 @@ make_kraken_venv() {
     fi
     "$KRAKEN_VENV/bin/python" "$(dirname "$0")/dev_fix_torchvision.py" >/dev/null
     chmod -R a+rX "$KRAKEN_VENV"
+}
+
+make_kraken4_venv() {
+    # kraken 4.3.13 as the guide's cluster runs it. Two pins make today's install run: pyarrow 14
+    # (pyarrow >= 15 needs NumPy 2, kraken 4.3 pins numpy~=1.23) and rich 13.7 (rich 15 breaks
+    # kraken 4.3's progress bar). About 10 minutes: torch 2.0.1 with CUDA packages (2.6 GB), and
+    # scikit-image 0.19 built from source. A venv cannot be moved, so a marker says it is whole.
+    if [ ! -f "$KRAKEN4_VENV/.hpctrain-complete" ]; then
+        log "installing kraken 4.3.13 into $KRAKEN4_VENV (about 10 minutes, 2.6 GB download)"
+        rm -rf "$KRAKEN4_VENV"
+        /usr/bin/python3 -m venv "$KRAKEN4_VENV"
+        "$KRAKEN4_VENV/bin/pip" install -q --disable-pip-version-check \
+            kraken==4.3.13 pyarrow==14.0.2 rich==13.7.0 2>&1 | grep -v "^WARNING: Location" || true
+        "$KRAKEN4_VENV/bin/ketos" --version | grep -q '4\.3\.13'
+        touch "$KRAKEN4_VENV/.hpctrain-complete"
+    fi
+    chmod -R a+rX "$KRAKEN4_VENV"
+}
+
+write_modulefiles() {
+    # Lmod modulefiles for both krakens; `module load kraken` gives 4.3.13, as on the guide's cluster.
+    local version venv
+    mkdir -p "$MODULEFILES/kraken"
+    for version in 4.3.13 7.1.1; do
+        venv="$KRAKEN4_VENV"
+        [ "$version" = 7.1.1 ] && venv="$KRAKEN_VENV"
+        printf '%s\n' "whatis(\"kraken $version: OCR/HTR training (ketos), in $venv\")" \
+            'family("kraken")' "prepend_path(\"PATH\", \"$venv/bin\")" \
+            > "$MODULEFILES/kraken/$version.lua"
+    done
+    ln -sfn 4.3.13.lua "$MODULEFILES/kraken/default"
+    chmod -R a+rX "$MODULEFILES"
 }
 
 # A second login node ("hpc-glogin") reaches the users' home through a network filesystem, as
@@ -241,11 +334,16 @@ write_env() {
     cat > "$STATE/env" <<EOF
 HPCTRAIN_TEST_HOST=127.0.0.1
 HPCTRAIN_TEST_SSH_PORT=$SSH_PORT
+HPCTRAIN_TEST_PW_SSH_PORT=$PW_SSH_PORT
+HPCTRAIN_TEST_OTP_SSH_PORT=$OTP_SSH_PORT
+HPCTRAIN_TEST_PASSWORD_FILE=$STATE/client/password
+HPCTRAIN_TEST_TOTP_SECRET_FILE=$STATE/client/totp-secret
 HPCTRAIN_TEST_USER=$CLUSTER_USER
 HPCTRAIN_TEST_HOME=$(getent passwd "$CLUSTER_USER" | cut -d: -f6)
 HPCTRAIN_TEST_KEY=$STATE/client/id_ed25519
 HPCTRAIN_TEST_KNOWN_HOSTS=$STATE/client/known_hosts
 HPCTRAIN_TEST_KRAKEN_VENV=$KRAKEN_VENV
+HPCTRAIN_TEST_KRAKEN4_VENV=$KRAKEN4_VENV
 HPCTRAIN_TEST_GLOGIN=$GLOGIN
 HPCTRAIN_TEST_QUOTA=$(quota_dir)
 EOF
@@ -262,8 +360,11 @@ up() {
     write_slurm_conf
     start_slurm
     start_sshd
+    start_login_sshds
     mount_second_login
     make_kraken_venv
+    make_kraken4_venv
+    write_modulefiles
     mount_quota_fs
     write_env
     log "test cluster up: $(sinfo -h -o '%P %T %D node(s) %c CPUs' | paste -sd ',') | ssh $CLUSTER_USER@127.0.0.1 -p $SSH_PORT"
@@ -273,7 +374,9 @@ down() {
     unmount_stale "$GLOGIN"
     mountpoint -q "$GLOGIN" && { fusermount3 -u "$GLOGIN" || umount -l "$GLOGIN"; }
     for daemon in slurmd slurmctld slurmdbd; do pkill -x "$daemon" || true; done
-    [ -f "$STATE/sshd.pid" ] && kill "$(cat "$STATE/sshd.pid")" 2>/dev/null || true
+    for pid in "$STATE"/sshd.pid "$STATE"/hpctrain-sshd-{pw,otp}.pid; do
+        [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true
+    done
     mysqladmin shutdown 2>/dev/null || true
     pkill -x munged || true
     if id "$CLUSTER_USER" >/dev/null 2>&1 && mountpoint -q "$(quota_dir)"; then
@@ -289,6 +392,9 @@ status() {
         printf '%-10s %s\n' "$daemon" "$(pgrep -x "$daemon" >/dev/null && echo running || echo stopped)"
     done
     printf '%-10s %s\n' sshd "$(pgrep -f "sshd -p $SSH_PORT" >/dev/null && echo running || echo stopped)"
+    for name in hpctrain-sshd-pw hpctrain-sshd-otp; do
+        printf '%-10s %s\n' "${name#hpctrain-}" "$(pgrep -f "sbin/$name -f" >/dev/null && echo running || echo stopped)"
+    done
     if id "$CLUSTER_USER" >/dev/null 2>&1 && mountpoint -q "$(quota_dir)"; then
         printf '%-10s %s\n' quota "$(df -h --output=used,size "$(quota_dir)" | tail -1 | xargs) at $(quota_dir)"
     else
