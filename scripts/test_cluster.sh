@@ -269,6 +269,13 @@ make_kraken4_venv() {
         /usr/bin/python3 -m venv "$KRAKEN4_VENV"
         "$KRAKEN4_VENV/bin/pip" install -q --disable-pip-version-check \
             kraken==4.3.13 pyarrow==14.0.2 rich==13.7.0 2>&1 | grep -v "^WARNING: Location" || true
+        # `--augment` (projects' default) needs albumentations, kraken's `augment` extra: the 1.3
+        # line still takes NumPy 1.23; the constraint keeps kraken's NumPy where it is.
+        "$KRAKEN4_VENV/bin/python" -c 'import numpy; print("numpy==" + numpy.__version__)' \
+            > "$KRAKEN4_VENV/numpy-pin.txt"
+        "$KRAKEN4_VENV/bin/pip" install -q --disable-pip-version-check \
+            -c "$KRAKEN4_VENV/numpy-pin.txt" albumentations==1.3.1 2>&1 | grep -v "^WARNING: Location" || true
+        "$KRAKEN4_VENV/bin/python" -c 'import albumentations'
         "$KRAKEN4_VENV/bin/ketos" --version | grep -q '4\.3\.13'
         touch "$KRAKEN4_VENV/.hpctrain-complete"
     fi

@@ -5,6 +5,8 @@ filesystem or quota, whether it comes as an OSError, an SQLite error or a line o
 or pip's stderr, a job's output).
 """
 
+from __future__ import annotations
+
 import errno
 
 

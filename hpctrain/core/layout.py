@@ -41,6 +41,7 @@ SUBMITIT_DIR = "submitit"
 SPLIT_PARTS = ("train", "validation", "test")
 VALIDATION_ARROW_LIST = f"{SPLIT_DIR}/validation_arrow.txt"
 ARROW_CHECK = "arrow_check.py"  # runtime/arrow_check.py, copied into kraken jobs that compile
+PICK_BEST = "pick_best.py"  # runtime/pick_best.py, copied into kraken < 7 training jobs
 # Space the runner holds while a job runs and gives back for its last events if the disk fills.
 RESERVE = ".hpctrain-reserve"
 EFFICIENCY = "efficiency.json"  # a finished job's figures, kept once whole

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import ConfigError
-from ..core.layout import (ARROW_CHECK, MODEL_DIR, SPLIT_DIR, SPLIT_PARTS, VALIDATION_ARROW_LIST,
+from ..core.layout import (ARROW_CHECK, MODEL_DIR, PICK_BEST, SPLIT_DIR, SPLIT_PARTS,
+                           VALIDATION_ARROW_LIST,
                            arrow_file, split_file)
 from .requests import RESIZE_ALIASES, TrainParams
 from .shell import BEST, CPUS, KETOS_PYTHON, RESUME, shell_quote
@@ -109,6 +110,14 @@ class Dialect:
         if self.output_is_folder:
             return ["-o", out_dir, "--weights-format", "coreml"]
         return ["-o", f"{out_dir}/model"]
+
+    def best_model_picker(self, job_dir: str, out_dir: str) -> list | None:
+        """The command that picks the best epoch's model by its metadata (< 7: ketos's own
+        PREFIX_best counts the sanity check and is missing with a fixed number of epochs), or
+        None where ketos's best file is right (7: best_SCORE from Lightning's checkpoints)."""
+        if self.output_is_folder:
+            return None
+        return [KETOS_PYTHON, f"{job_dir}/{PICK_BEST}", f"{out_dir}/model"]
 
     def best_model_glob(self, out_dir: str) -> str:
         """Shell glob (already quoted) that matches the best model a finished training leaves."""
@@ -338,6 +347,13 @@ def _compiling(dialect, request, job_dir: str, compiled_dir: str, device: str,
     return context, {**split_files(split), ARROW_CHECK: checker.read_text(encoding="utf-8")}
 
 
+def _picker_file(dialect: Dialect) -> dict:
+    if dialect.output_is_folder:
+        return {}
+    picker = Path(__file__).resolve().parents[1] / "runtime" / PICK_BEST
+    return {PICK_BEST: picker.read_text(encoding="utf-8")}
+
+
 def compile_job(dialect, request, job_dir: str, compiled_dir: str, device: str, split) -> KrakenJob:
     context, files = _compiling(dialect, request, job_dir, compiled_dir, device, split)
     return KrakenJob("kraken/compile.sh.j2", context, files)
@@ -350,7 +366,7 @@ def transcription_job(
     out_dir = f"{job_dir}/{MODEL_DIR}"
     context, files = _compiling(dialect, request, job_dir, compiled_dir, device, split)
     files[VALIDATION_ARROW_LIST] = f"{compiled_dir}/{arrow_file('validation')}\n"
-    context |= {
+    context.update({
         "out_dir": out_dir,
         "train_step": train_step(
             dialect,
@@ -363,9 +379,11 @@ def transcription_job(
         ),
         "best_glob": dialect.best_model_glob(out_dir),
         "test_step": test_step(dialect, f"{compiled_dir}/{arrow_file('test')}", device),
-    }
-    context |= _base_testing(request, test_step(
-        dialect, f"{compiled_dir}/{arrow_file('test')}", device, request.base_path))
+    })
+    context.update(_base_testing(request, test_step(
+        dialect, f"{compiled_dir}/{arrow_file('test')}", device, request.base_path)))
+    context["pick_best"] = dialect.best_model_picker(job_dir, out_dir)
+    files.update(_picker_file(dialect))
     context["resume_step"] = resume_step(dialect, context["train_step"])
     return KrakenJob("kraken/transcription.sh.j2", context, files)
 
@@ -382,8 +400,8 @@ def _segmentation_tests(dialect, request, test_list: str, device: str) -> dict:
             request.base, unsupported=f"kraken {dialect.version} has no ketos segtest "
             "(it came with 4.2.0): the base model's score is unknown")
         return context
-    context |= _base_testing(request, segtest_step(
-        dialect, request.format, test_list, device, request.base_path))
+    context.update(_base_testing(request, segtest_step(
+        dialect, request.format, test_list, device, request.base_path)))
     context["test_step"] = segtest_step(dialect, request.format, test_list, device)
     return context
 
@@ -409,6 +427,8 @@ def segmentation_job(
         "train_step": step,
         "resume_step": resume_step(dialect, step),
         "best_glob": dialect.best_model_glob(out_dir),
+        "pick_best": dialect.best_model_picker(job_dir, out_dir),
         **_segmentation_tests(dialect, request, test_list, device),
     }
-    return KrakenJob("kraken/segmentation.sh.j2", context, split_files(split))
+    files = {**split_files(split), **_picker_file(dialect)}
+    return KrakenJob("kraken/segmentation.sh.j2", context, files)

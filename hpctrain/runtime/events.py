@@ -228,7 +228,9 @@ def summarize(events: Iterator[dict]) -> Progress:
             progress.early_stopped, progress.stopped = True, "early"
             progress.stopped_epoch = event.get("epoch", progress.epoch)
         elif kind == "stopped" and event.get("reason") == "max_epochs":
-            progress.stopped, progress.stopped_epoch = "bound", progress.epoch
+            # Lightning's "max_epochs=N reached" can come before ketos 4.3 prints the last epoch
+            progress.stopped = "bound"
+            progress.stopped_epoch = event.get("epochs") or progress.epoch
         elif kind == "warning":
             progress.warnings += 1
         elif kind == "alert":

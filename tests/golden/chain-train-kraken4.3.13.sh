@@ -16,6 +16,19 @@
 # hpctrain's runner executes this script and turns its output into events.jsonl.
 set -euo pipefail
 
+# A batch job and a non-login shell may lack `module`: load the site's module system first.
+if ! type module >/dev/null 2>&1; then
+    set +u
+    for init in /etc/profile.d/lmod.sh /usr/share/lmod/lmod/init/bash /etc/profile.d/modules.sh \
+            /usr/share/Modules/init/bash; do
+        if [ -r "$init" ]; then . "$init"; break; fi
+    done
+    set -u
+fi
+if ! type module >/dev/null 2>&1; then
+    echo "Error: no module system (Lmod or Environment Modules) on this node to run 'module load': set 'venv' in the profile instead of 'modules'" >&2
+    exit 1
+fi
 module load kraken
 export COLUMNS=250 PYTHONUNBUFFERED=1
 # Data loader workers and threads follow the CPUs allocated to the job, not a constant.
@@ -35,7 +48,10 @@ hpctrain_step train
 mkdir -p /home/alice/hpc/R/Projet_A/job7-transcription/model
 ketos train -d cuda:0 --workers "${CPUS}" -f binary -o /home/alice/hpc/R/Projet_A/job7-transcription/model/model --optimizer Adam -r 0.0001 --augment -q early --lag 10 --min-epochs 20 -N 50 -i /home/alice/hpc/Model_de_base/tridis_v2.mlmodel --resize new --pad 24 -e /home/alice/hpc/R/Projet_A/job7-transcription/split/validation_arrow.txt /home/alice/hpc/C/job7/train.arrow
 
-BEST_MODEL="$(ls -1t /home/alice/hpc/R/Projet_A/job7-transcription/model/model_best.mlmodel 2>/dev/null | head -n 1 || true)"
+# kraken < 7: hpctrain picks the best epoch's file by its metadata (pick_best.py explains why).
+KETOS_PYTHON="$(dirname "$(command -v ketos || true)")/python"
+[ -x "$KETOS_PYTHON" ] || KETOS_PYTHON=python3
+BEST_MODEL="$("${KETOS_PYTHON}" /home/alice/hpc/R/Projet_A/job7-transcription/pick_best.py /home/alice/hpc/R/Projet_A/job7-transcription/model/model)"
 if [ -z "$BEST_MODEL" ]; then
     echo "Error: ketos train finished without writing a best model" >&2
     exit 1

@@ -13,6 +13,19 @@
 # hpctrain's runner executes this script and turns its output into events.jsonl.
 set -euo pipefail
 
+# A batch job and a non-login shell may lack `module`: load the site's module system first.
+if ! type module >/dev/null 2>&1; then
+    set +u
+    for init in /etc/profile.d/lmod.sh /usr/share/lmod/lmod/init/bash /etc/profile.d/modules.sh \
+            /usr/share/Modules/init/bash; do
+        if [ -r "$init" ]; then . "$init"; break; fi
+    done
+    set -u
+fi
+if ! type module >/dev/null 2>&1; then
+    echo "Error: no module system (Lmod or Environment Modules) on this node to run 'module load': set 'venv' in the profile instead of 'modules'" >&2
+    exit 1
+fi
 module load kraken
 export COLUMNS=250 PYTHONUNBUFFERED=1
 # Data loader workers and threads follow the CPUs allocated to the job, not a constant.
@@ -32,7 +45,10 @@ hpctrain_step train
 mkdir -p /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/model
 ketos segtrain -d cuda:0 --workers "${CPUS}" -f page -o /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/model/model --optimizer Adam -r 0.0001 --augment -q early --lag 20 --min-epochs 60 -N 200 -i /home/alice/hpc/Model_de_base/blla.mlmodel --resize new -t /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/split/train.txt -e /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/split/validation.txt
 
-BEST_MODEL="$(ls -1t /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/model/model_best.mlmodel 2>/dev/null | head -n 1 || true)"
+# kraken < 7: hpctrain picks the best epoch's file by its metadata (pick_best.py explains why).
+KETOS_PYTHON="$(dirname "$(command -v ketos || true)")/python"
+[ -x "$KETOS_PYTHON" ] || KETOS_PYTHON=python3
+BEST_MODEL="$("${KETOS_PYTHON}" /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/pick_best.py /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/model/model)"
 if [ -n "$BEST_MODEL" ]; then
     hpctrain_step test
     ketos segtest -d cuda:0 --workers "${CPUS}" -m "${BEST_MODEL}" -f page -e /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-segmentation/split/test.txt || echo "warning: testing the fine-tuned model failed (exit code $?)"

@@ -13,6 +13,19 @@
 # hpctrain's runner executes this script and turns its output into events.jsonl.
 set -euo pipefail
 
+# A batch job and a non-login shell may lack `module`: load the site's module system first.
+if ! type module >/dev/null 2>&1; then
+    set +u
+    for init in /etc/profile.d/lmod.sh /usr/share/lmod/lmod/init/bash /etc/profile.d/modules.sh \
+            /usr/share/Modules/init/bash; do
+        if [ -r "$init" ]; then . "$init"; break; fi
+    done
+    set -u
+fi
+if ! type module >/dev/null 2>&1; then
+    echo "Error: no module system (Lmod or Environment Modules) on this node to run 'module load': set 'venv' in the profile instead of 'modules'" >&2
+    exit 1
+fi
 module load kraken
 export COLUMNS=250 PYTHONUNBUFFERED=1
 # Data loader workers and threads follow the CPUs allocated to the job, not a constant.

@@ -32,7 +32,10 @@ hpctrain_step train
 mkdir -p /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/model
 ketos train -d cpu --workers "${CPUS}" -f binary -o /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/model/model --optimizer Adam -r 0.0001 --augment -q early --lag 10 --min-epochs 20 -N 50 -s '[1,128,0,1 Cr4,16,32 Do0.1,2 Mp2,2 Cr4,16,32 Do0.1,2 Mp2,2 Cr3,8,64 Do0.1,2 Mp2,2 Cr3,8,64 Do0.1,2 S1(1x0)1,3 Lbx256 Do0.3,2 Lbx256 Do0.3,2 Lbx256 Do0.3]' --pad 24 -e /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/split/validation_arrow.txt /home/alice/hpc/GT_compile/Projet_A/job7/train.arrow
 
-BEST_MODEL="$(ls -1t /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/model/model_best.mlmodel 2>/dev/null | head -n 1 || true)"
+# kraken < 7: hpctrain picks the best epoch's file by its metadata (pick_best.py explains why).
+KETOS_PYTHON="$(dirname "$(command -v ketos || true)")/python"
+[ -x "$KETOS_PYTHON" ] || KETOS_PYTHON=python3
+BEST_MODEL="$("${KETOS_PYTHON}" /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/pick_best.py /home/alice/hpc/Repertoire_model_finetune/Projet_A/job7-transcription/model/model)"
 if [ -z "$BEST_MODEL" ]; then
     echo "Error: ketos train finished without writing a best model" >&2
     exit 1

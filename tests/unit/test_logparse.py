@@ -225,6 +225,9 @@ def test_status_json_tells_an_early_stop_from_a_run_to_its_bound(workspace, cli)
         "bound": [epoch(25, 25, 0.9), {"event": "stopped", "reason": "max_epochs", "epochs": 25}],
         # 4.3 fixed epochs: no line says so; the total is the job's bound
         "bound43": [epoch(3, 3, 0.9)],
+        # 4.3 fixed epochs, seen for real: Lightning's line before ketos prints the last epoch
+        "late43": [epoch(2, 3, 0.8), {"event": "stopped", "reason": "max_epochs", "epochs": 3},
+                   epoch(3, 3, 0.9)],
         # killed before the end: neither
         "cut": [epoch(2, 3, 0.9)],
     }
@@ -244,7 +247,7 @@ def test_status_json_tells_an_early_stop_from_a_run_to_its_bound(workspace, cli)
     found = [(r["stopped"], r["stopped_epoch"], r["best_epoch"], r["early_stopped"]) for r in rows]
     assert found == [
         ("early", 9, 6, True), ("bound", 25, None, False), ("bound", 3, None, False),
-        (None, None, None, False),
+        ("bound", 3, None, False), (None, None, None, False),
     ]
 
 
